@@ -1,0 +1,55 @@
+"""Every exception the kit raises on purpose, under one base class.
+
+Each one names what went wrong and, where there is one, the fix. ``Retry``
+is not here: it is control flow a task raises, not an error (see retry.py).
+"""
+
+from __future__ import annotations
+
+
+class SpoolkitError(Exception):
+    """Base class of every error raised by spoolkit."""
+
+
+class ConfigurationError(SpoolkitError):
+    """The kit is set up wrongly; the message names the setting to change."""
+
+
+class DuplicateTaskError(SpoolkitError, ValueError):
+    """Two different functions were registered under the same task name."""
+
+
+class TaskNotFound(SpoolkitError, LookupError):
+    """No task is registered under the given name in this process."""
+
+
+class EncodeError(SpoolkitError, TypeError):
+    """Arguments or a result cannot be encoded as JSON for the spool."""
+
+
+class DecodeError(SpoolkitError, ValueError):
+    """A spool file does not hold a job envelope this version can read."""
+
+
+class InvalidSchedule(SpoolkitError, ValueError):
+    """``at``, ``countdown`` or ``priority`` has a wrong type or value."""
+
+
+class JobNotFound(SpoolkitError, LookupError):
+    """No job with the given id exists in the store."""
+
+
+class InvalidJobState(SpoolkitError):
+    """The job's state does not allow the operation (cancelling a running job)."""
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class StoreUnavailable(SpoolkitError):
+    """The job store did not answer (locked past its timeout, or unreachable)."""
+
+
+class SpoolWriteError(SpoolkitError):
+    """A spool file could not be written (disk full, permissions)."""

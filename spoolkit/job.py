@@ -1,0 +1,90 @@
+"""The job as users see it: a read-only snapshot of one row of the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .schedule import isoformat
+from .states import JobState
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the task last reported through ``current_job.progress()``."""
+
+    done: float
+    total: float | None = None
+    message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"done": _plain(self.done), "total": _plain(self.total), "message": self.message}
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why the last attempt failed: exception type, message, end of the traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of a job. Read it again with ``SpoolKit.get_job(job.id)``.
+
+    Times are unix seconds (``to_dict()`` renders them as ISO 8601 UTC).
+    ``spool_file``, ``runner`` and ``runner_pid`` are for diagnosis only.
+    """
+
+    id: str
+    task: str
+    state: JobState
+    attempts: int
+    max_attempts: int
+    backoff: float
+    priority: int | None
+    created_at: float
+    scheduled_for: float | None
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+    progress: Progress | None
+    result: Any
+    error: JobError | None
+    spool_file: str | None
+    runner: str | None
+    runner_pid: int | None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state.is_finished
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as the HTTP API shows it."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "priority": self.priority,
+            "created_at": isoformat(self.created_at),
+            "scheduled_for": isoformat(self.scheduled_for),
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at),
+            "progress": self.progress.to_dict() if self.progress else None,
+            "result": self.result,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+def _plain(number: float | None) -> float | int | None:
+    """``3.0`` -> ``3`` so progress counts read as counts."""
+    if number is not None and float(number).is_integer():
+        return int(number)
+    return number

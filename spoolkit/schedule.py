@@ -1,0 +1,104 @@
+"""Turning ``at`` / ``countdown`` / ``priority`` into validated values.
+
+The spooler only knows whole seconds (a file's mtime), so every time here is
+a float of unix seconds and :func:`spool_mtime` rounds *up*: a job may start
+up to a second late, never early. Times without a zone are UTC, in the HTTP
+API and in Python alike, so one rule holds everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+from .errors import InvalidSchedule
+
+#: Priorities map to uWSGI priority subdirectories ``NN``; lower runs first.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 99
+# A timestamp past this is a mistake (milliseconds passed as seconds, say).
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def to_timestamp(at: object) -> float:
+    """Unix seconds from a ``datetime``, a number of unix seconds or an ISO 8601 string."""
+    if isinstance(at, datetime):
+        moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        return moment.timestamp()
+    if _is_number(at):
+        value = float(at)  # type: ignore[arg-type]
+    elif isinstance(at, str):
+        try:
+            value = to_timestamp(datetime.fromisoformat(at.strip()))
+        except ValueError:
+            try:
+                value = float(at)
+            except ValueError:
+                raise InvalidSchedule(
+                    f"at={at!r} is neither unix seconds nor an ISO 8601 time "
+                    "(for example 2030-01-31T12:00:00Z)"
+                ) from None
+    else:
+        raise InvalidSchedule(
+            f"at must be unix seconds, an ISO 8601 string or a datetime, got {type(at).__name__}"
+        )
+    if not math.isfinite(value) or value < 0 or value > _LATEST:
+        raise InvalidSchedule(f"at={at!r} is out of range")
+    return value
+
+
+def resolve_run_at(at: object, countdown: object, now: float) -> float | None:
+    """When a job may first run: ``None`` for now, else unix seconds.
+
+    Giving both ``at`` and ``countdown`` is an error: which one would win is a
+    guess either way.
+    """
+    if at is not None and countdown is not None:
+        raise InvalidSchedule("give either at or countdown, not both")
+    if countdown is not None:
+        if not _is_number(countdown):
+            raise InvalidSchedule(f"countdown must be a number of seconds, got {countdown!r}")
+        seconds = float(countdown)  # type: ignore[arg-type]
+        if not math.isfinite(seconds) or seconds < 0 or now + seconds > _LATEST:
+            raise InvalidSchedule(f"countdown must be >= 0 seconds, got {countdown!r}")
+        return now + seconds if seconds > 0 else None
+    if at is not None:
+        moment = to_timestamp(at)
+        return moment if moment > now else None
+    return None
+
+
+def validate_priority(priority: object) -> int | None:
+    """An int in ``MIN_PRIORITY..MAX_PRIORITY``, or ``None``.
+
+    The value becomes a directory name under the spool, so nothing but a
+    small int may pass (no ``../``, no absolute path).
+    """
+    if priority is None:
+        return None
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidSchedule(f"priority must be an int, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidSchedule(
+            f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}"
+        )
+    return priority
+
+
+def spool_mtime(run_at: float | None, now: float) -> int:
+    """The whole second to stamp on a spool file: ``ceil(run_at)``, or now."""
+    if run_at is None or run_at <= now:
+        return int(now)
+    return math.ceil(run_at)
+
+
+def isoformat(timestamp: float | None) -> str | None:
+    """``2026-11-22T03:40:34.123456Z`` for the API, or ``None``."""
+    if timestamp is None:
+        return None
+    text = datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "Z")

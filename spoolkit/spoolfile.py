@@ -1,0 +1,215 @@
+"""The spool directory on disk: writing job files the way uWSGI reads them.
+
+The kit writes spool files itself instead of calling ``uwsgi.spool()``, so
+that (1) a spooler never sees half a file: the content goes to a temporary
+name that uWSGI ignores and is then hard-linked under its final name, and
+(2) the file can be written from any process (a web worker, the
+housekeeping mule, a CLI). Spool files are not fsynced: the store row,
+committed first with ``synchronous=FULL``, is the durable record, and the
+housekeeper writes a lost or torn file again from it. The format is uWSGI's: a 4-byte header
+(modifier1 17, little-endian packet size, modifier2 0), the packet of
+``uint16 length + bytes`` keys and values, then the body.
+
+Rules that come from how uWSGI treats these files (see
+shared/UWSGI-SPOOLER-NOTES.md):
+
+* only the spooler running a job may delete its file, by returning
+  ``SPOOL_OK``: uWSGI exits the spooler if that unlink fails;
+* the spooler must never open the file it is running (closing any
+  descriptor of it drops the spooler's lock), so the kit only ``utime()``\\ s
+  and hard-links files by path;
+* a file's mtime is its ``at``: uWSGI skips files whose mtime is in the future.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .errors import SpoolWriteError
+
+log = logging.getLogger("spoolkit.spool")
+
+SPOOL_PREFIX = "uwsgi_spoolfile_on_"
+QUARANTINE_DIR = "quarantine"
+_TMP_PREFIX = ".spoolkit-tmp-"
+_HEADER = struct.Struct("<BHB")
+_LENGTH = struct.Struct("<H")
+MODIFIER_SPOOL = 17
+MAX_PACKET = 0xFFFF
+
+
+def pack_vars(entries: Mapping[bytes, bytes]) -> bytes:
+    """Encode ``{key: value}`` as a uwsgi packet (each part ``uint16 LE length`` + bytes)."""
+    parts = []
+    for key, value in entries.items():
+        parts += [_LENGTH.pack(len(key)), key, _LENGTH.pack(len(value)), value]
+    packet = b"".join(parts)
+    if len(packet) > MAX_PACKET:
+        raise ValueError(f"spool packet is {len(packet)} bytes, uWSGI allows {MAX_PACKET}")
+    return packet
+
+
+def unpack_vars(packet: bytes) -> dict[bytes, bytes]:
+    """Decode a uwsgi packet; ``ValueError`` when it is truncated or malformed."""
+    entries: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(packet):
+        fields = []
+        for _ in range(2):
+            if pos + 2 > len(packet):
+                raise ValueError("truncated uwsgi packet")
+            (size,) = _LENGTH.unpack_from(packet, pos)
+            pos += 2
+            if pos + size > len(packet):
+                raise ValueError("truncated uwsgi packet")
+            fields.append(packet[pos : pos + size])
+            pos += size
+        entries[fields[0]] = fields[1]
+    return entries
+
+
+def encode_file(entries: Mapping[bytes, bytes], body: bytes = b"") -> bytes:
+    packet = pack_vars(entries)
+    return _HEADER.pack(MODIFIER_SPOOL, len(packet), 0) + packet + body
+
+
+def decode_file(data: bytes) -> tuple[dict[bytes, bytes], bytes]:
+    """``(packet entries, body)`` of a whole spool file, for tools and tests."""
+    if len(data) < _HEADER.size:
+        raise ValueError("spool file shorter than its header")
+    modifier1, size, _ = _HEADER.unpack_from(data)
+    if modifier1 != MODIFIER_SPOOL or len(data) < _HEADER.size + size:
+        raise ValueError("not a spool file, or shorter than its header says")
+    packet = data[_HEADER.size : _HEADER.size + size]
+    return unpack_vars(packet), data[_HEADER.size + size :]
+
+
+def spool_file_name(job_id: str, now: float | None = None) -> str:
+    """A unique name that sorts by creation time and shows the job id to an operator."""
+    stamp = int((time.time() if now is None else now) * 1_000_000)
+    return f"{SPOOL_PREFIX}spoolkit_{stamp:017d}_{job_id}"
+
+
+@dataclass
+class SpoolDirectory:
+    """One uWSGI spooler directory, with its quarantine and priority subdirectories.
+
+    ``wake`` is called after each write; under uWSGI it signals every
+    spooler (busy ones too, unlike ``uwsgi.spool()``), so a burst never
+    waits a whole ``spooler-frequency`` tick.
+    """
+
+    path: str
+    wake: Callable[[], None] = field(default=lambda: None)
+
+    def __post_init__(self) -> None:
+        self.path = os.path.abspath(self.path)
+
+    def prepare(self) -> None:
+        """Create the directory and its quarantine, private to this user (0700)."""
+        for directory in (self.path, self.quarantine_path):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+
+    @property
+    def quarantine_path(self) -> str:
+        return os.path.join(self.path, QUARANTINE_DIR)
+
+    def absolute(self, relative: str) -> str:
+        return os.path.join(self.path, relative)
+
+    def relative_name(self, name: str, priority: int | None) -> str:
+        return name if priority is None else os.path.join(f"{priority:02d}", name)
+
+    def write(
+        self,
+        relative: str,
+        entries: Mapping[bytes, bytes],
+        body: bytes,
+        mtime: int,
+    ) -> None:
+        """Put a job file at ``relative`` atomically; an existing file is left alone.
+
+        Raises :class:`SpoolWriteError` (disk full, permissions) after
+        removing anything half-written.
+        """
+        target = self.absolute(relative)
+        directory = os.path.dirname(target)
+        tmp = os.path.join(directory, f"{_TMP_PREFIX}{os.path.basename(target)}.{os.getpid()}")
+        data = encode_file(entries, body)
+        try:
+            if directory != self.path:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.utime(fd, (mtime, mtime))
+            finally:
+                os.close(fd)
+            # An existing file is the same job already spooled (a concurrent respool).
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, target)
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot write spool file {target}: {exc.strerror}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self.wake()
+
+    def exists(self, relative: str) -> bool:
+        return os.path.lexists(self.absolute(relative))
+
+    def set_mtime(self, relative: str, mtime: int) -> bool:
+        """Move a file's ``at``; ``False`` if the file is gone. Never opens the file."""
+        try:
+            os.utime(self.absolute(relative), (mtime, mtime))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def quarantine(self, directory: str, name: str) -> str | None:
+        """Hard-link a rejected file into the quarantine; ``None`` if that failed.
+
+        The original stays where it is: the spooler returns ``SPOOL_OK`` and
+        uWSGI unlinks it, which is the only safe way to remove it.
+        """
+        os.makedirs(self.quarantine_path, mode=0o700, exist_ok=True)
+        target = os.path.join(self.quarantine_path, name)
+        try:
+            os.link(os.path.join(directory, name), target)
+        except FileExistsError:
+            return target
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                log.error("cannot quarantine spool file %s: %s", name, exc.strerror)
+                return None
+            log.error("cannot quarantine spool file %s: quarantine is on another filesystem", name)
+            return None
+        return target
+
+    def iter_files(self) -> list[str]:
+        """Relative paths of every job file, in the top directory and priority subdirectories."""
+        found: list[str] = []
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.startswith(SPOOL_PREFIX):
+                found.append(entry.name)
+            elif entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
+                found += [
+                    os.path.join(entry.name, sub)
+                    for sub in os.listdir(entry.path)
+                    if sub.startswith(SPOOL_PREFIX)
+                ]
+        return found
