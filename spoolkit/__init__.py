@@ -1,0 +1,50 @@
+"""spoolkit: background jobs for Flask on uWSGI spoolers: ids, status, retries, scheduling."""
+
+from .api import accepted
+from .context import current_job
+from .errors import (
+    ConfigurationError,
+    DecodeError,
+    DuplicateTaskError,
+    EncodeError,
+    InvalidJobState,
+    InvalidSchedule,
+    JobNotFound,
+    SpoolkitError,
+    SpoolWriteError,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from .extension import SpoolKit
+from .job import Job, JobError, Progress
+from .retry import Retry, RetryPolicy
+from .states import JobState
+from .task import Task, spool
+
+__all__ = [
+    # the extension and tasks
+    "SpoolKit",
+    "spool",
+    "Task",
+    "current_job",
+    "Retry",
+    "RetryPolicy",
+    "accepted",
+    # jobs
+    "Job",
+    "JobState",
+    "JobError",
+    "Progress",
+    # errors
+    "SpoolkitError",
+    "ConfigurationError",
+    "DecodeError",
+    "DuplicateTaskError",
+    "EncodeError",
+    "InvalidJobState",
+    "InvalidSchedule",
+    "JobNotFound",
+    "SpoolWriteError",
+    "StoreUnavailable",
+    "TaskNotFound",
+]

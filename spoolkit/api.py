@@ -1,0 +1,166 @@
+"""The job API: a blueprint under ``/jobs``, JSON in and out.
+
+``POST /jobs`` is the generic endpoint for operators and scripts; an app's
+own routes call ``task.delay()`` and answer with :func:`accepted`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from .errors import (
+    ConfigurationError,
+    EncodeError,
+    InvalidJobState,
+    InvalidSchedule,
+    JobNotFound,
+    SpoolWriteError,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from .job import Job
+from .service import current_service
+from .states import JobState
+
+blueprint = Blueprint("spoolkit", __name__, url_prefix="/jobs")
+
+_CREATE_FIELDS = {"task", "args", "kwargs", "at", "countdown", "priority", "max_attempts"}
+MAX_LIST_LIMIT = 1000
+
+
+def error(status: int, message: str, **headers: str) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """``202 Accepted`` with ``Location: /jobs/<id>`` and the job as JSON: return it from a view."""
+    location = url_for("spoolkit.get_job", job_id=job.id)
+    return job.to_dict(), 202, {"Location": location}
+
+
+@blueprint.before_request
+def guard() -> Response | None:
+    """Refuse oversized bodies from the headers alone, then check the token."""
+    config = current_service().config
+    if request.content_length is not None and request.content_length > config.max_request_bytes:
+        return error(413, f"request body over {config.max_request_bytes} bytes")
+    request.max_content_length = config.max_request_bytes
+    token = config.api_token
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+    return None
+
+
+@blueprint.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+@blueprint.errorhandler(StoreUnavailable)
+def store_unavailable(exc: StoreUnavailable) -> Response:
+    return error(503, f"job store unavailable: {exc}", **{"Retry-After": "5"})
+
+
+@blueprint.errorhandler(SpoolWriteError)
+def spool_unwritable(exc: SpoolWriteError) -> Response:
+    cause = exc.__cause__
+    full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    return error(507 if full else 503, str(exc), **{"Retry-After": "30"})
+
+
+def _job_response(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
+    if job.is_finished:
+        return job.to_dict(), 200, {}
+    return job.to_dict(), 202, {"Retry-After": str(current_service().config.retry_after)}
+
+
+@blueprint.post("")
+def create_job() -> Any:
+    try:
+        data = request.get_json(force=True)
+    except BadRequest:
+        return error(400, "request body is not valid JSON")
+    if not isinstance(data, dict):
+        return error(422, "request body must be a JSON object")
+    unknown = sorted(set(data) - _CREATE_FIELDS)
+    if unknown:
+        return error(422, f"unknown fields: {', '.join(unknown)}")
+    name = data.get("task")
+    if not isinstance(name, str) or not name:
+        return error(422, "'task' must be the name of a registered task")
+    args, kwargs = data.get("args", []), data.get("kwargs", {})
+    if not isinstance(args, list):
+        return error(422, "'args' must be a list")
+    if not isinstance(kwargs, dict):
+        return error(422, "'kwargs' must be an object")
+    options = {key: data.get(key) for key in ("at", "countdown", "priority", "max_attempts")}
+    try:
+        job = current_service().enqueue_by_name(name, args, kwargs, **options)
+    except TaskNotFound:
+        return error(404, f"no task named {name!r}")
+    except (EncodeError, InvalidSchedule, ConfigurationError, TypeError, ValueError) as exc:
+        return error(422, str(exc))
+    return accepted(job)
+
+
+@blueprint.get("")
+def list_jobs() -> Any:
+    state_name = request.args.get("state")
+    try:
+        state = JobState(state_name) if state_name else None
+    except ValueError:
+        choices = ", ".join(s.value for s in JobState)
+        return error(422, f"state must be one of {choices}")
+    limit_text = request.args.get("limit", "50")
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
+        return error(422, f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    jobs = current_service().list_jobs(
+        state=state, task=request.args.get("task") or None, limit=int(limit_text)
+    )
+    return {"jobs": [job.to_dict() for job in jobs]}
+
+
+@blueprint.get("/<job_id>")
+def get_job(job_id: str) -> Any:
+    try:
+        return _job_response(current_service().get(job_id))
+    except JobNotFound:
+        return error(404, f"no job {job_id!r}")
+
+
+@blueprint.delete("/<job_id>")
+def cancel_job(job_id: str) -> Any:
+    try:
+        return current_service().cancel(job_id).to_dict()
+    except JobNotFound:
+        return error(404, f"no job {job_id!r}")
+    except InvalidJobState as exc:
+        return error(409, str(exc))
+
+
+@blueprint.post("/<job_id>/retry")
+def retry_job(job_id: str) -> Any:
+    try:
+        return accepted(current_service().retry(job_id))
+    except JobNotFound:
+        return error(404, f"no job {job_id!r}")
+    except InvalidJobState as exc:
+        return error(409, str(exc))
+
+
+def health() -> Any:
+    """``GET /healthz``: 200 when the store answers and every spooler is alive, else 503."""
+    healthy, report = current_service().health()
+    return report, 200 if healthy else 503

@@ -1,0 +1,121 @@
+"""Every setting of the kit, in one table.
+
+A setting is read from ``app.config["SPOOLKIT_X"]`` if the app set it
+before ``init_app``, else from the environment variable ``SPOOLKIT_X``,
+else its default; the effective value is written back into ``app.config``.
+uwsgi.ini reads a few more ``SPOOLKIT_*`` variables itself (the bind
+address, the spool directory); the README lists both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from flask import Flask
+
+from .errors import ConfigurationError
+
+PREFIX = "SPOOLKIT_"
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {text!r}")
+
+
+def _list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _optional(text: str) -> str | None:
+    return text or None
+
+
+def _sync(text: str) -> str:
+    value = text.strip().upper()
+    if value not in {"FULL", "NORMAL", "OFF"}:
+        raise ValueError(f"expected full, normal or off, got {text!r}")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "database": str,
+    "sync": _sync,
+    "eager": _bool,
+    "local_workers": int,
+    "imports": _list,
+    "api_token": _optional,
+    "max_request_bytes": int,
+    "max_backoff": float,
+    "result_ttl": float,
+    "housekeeping_interval": float,
+    "retry_after": int,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The kit's settings (``SPOOLKIT_<NAME>``); see the README's settings table."""
+
+    database: str
+    sync: str = "FULL"
+    eager: bool = False
+    local_workers: int = 2
+    imports: tuple[str, ...] = ()
+    api_token: str | None = None
+    max_request_bytes: int = 1024 * 1024
+    max_backoff: float = 3600.0
+    result_ttl: float = 7 * 24 * 3600.0
+    housekeeping_interval: float = 5.0
+    retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        positive = ("local_workers", "max_request_bytes", "housekeeping_interval", "retry_after")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be > 0")
+        for name in ("max_backoff", "result_ttl"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{PREFIX}{name.upper()} must be >= 0")
+        if self.database.startswith(("postgres://", "postgresql://", "mysql://")):
+            raise ConfigurationError(
+                f"{PREFIX}DATABASE={self.database.split('://')[0]}://... is not supported yet; "
+                "give a SQLite file path"
+            )
+
+
+def load_config(app: Flask) -> Config:
+    """Resolve every setting for ``app`` (app.config, then environment, then default)."""
+    values: dict[str, Any] = {}
+    defaults = {"database": os.path.join(app.root_path, "spool", "spoolkit.db")}
+    for field in fields(Config):
+        key = PREFIX + field.name.upper()
+        if key in app.config:
+            value, source = app.config[key], f"app.config[{key!r}]"
+        elif key in os.environ:
+            value, source = os.environ[key], f"environment variable {key}"
+        elif field.name in defaults:
+            value, source = defaults[field.name], "default"
+        else:
+            continue
+        if isinstance(value, str):
+            try:
+                value = _PARSERS[field.name](value)
+            except ValueError as exc:
+                raise ConfigurationError(f"{source}: {exc}") from None
+        if field.name == "imports":
+            value = tuple(value)
+        elif field.name == "database":
+            value = value.removeprefix("sqlite:///")
+        values[field.name] = value
+    config = Config(**values)
+    for field in fields(Config):
+        app.config.setdefault(PREFIX + field.name.upper(), getattr(config, field.name))
+    return config

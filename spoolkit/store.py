@@ -1,0 +1,401 @@
+"""The SQLite job store: the record of every accepted job.
+
+The row is committed before a spool file exists, so a job answered ``202``
+survives whatever happens to its file. Safe across uWSGI's forks the way
+Huey's SqliteStorage is: WAL, a busy timeout, ``BEGIN IMMEDIATE`` for every
+write, one connection per process and thread opened lazily, and no
+connection open in the master when it forks (``setup()`` closes its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidJobState, JobNotFound, StoreUnavailable
+from .job import Job, JobError, Progress
+from .lifecycle import ClaimAction, decide_claim
+from .states import FINISHED, RETRYABLE, WAITING, JobState
+
+log = logging.getLogger("spoolkit.store")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spoolkit_jobs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    backoff REAL NOT NULL,
+    created_at REAL NOT NULL,
+    scheduled_for REAL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL NOT NULL,
+    progress TEXT,
+    result TEXT,
+    error_type TEXT,
+    error_message TEXT,
+    error_traceback TEXT,
+    spool_file TEXT,
+    runner TEXT,
+    runner_pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_state ON spoolkit_jobs (state, updated_at);
+CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = (
+    "id, task, state, attempts, max_attempts, backoff, priority, created_at, scheduled_for, "
+    "started_at, finished_at, updated_at, progress, result, error_type, error_message, "
+    "error_traceback, spool_file, runner, runner_pid"
+)
+# Connections inherited through fork() are never closed in the child (that can
+# release the parent's locks); they are parked here instead.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    task: str
+    payload: str
+    max_attempts: int
+    backoff: float
+    priority: int | None
+    created_at: float
+    run_at: float | None
+    spool_file: str | None
+
+
+def _row_to_job(row: tuple[Any, ...]) -> Job:
+    (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
+     finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,
+     runner_pid) = row  # fmt: skip
+    return Job(
+        id=id_,
+        task=task,
+        state=JobState(state),
+        attempts=attempts,
+        max_attempts=max_attempts,
+        backoff=backoff,
+        priority=priority,
+        created_at=created,
+        scheduled_for=scheduled,
+        started_at=started,
+        finished_at=finished,
+        updated_at=updated,
+        progress=Progress(**json.loads(progress)) if progress else None,
+        result=json.loads(result) if result is not None else None,
+        error=JobError(etype, emessage or "", etraceback) if etype else None,
+        spool_file=spool_file,
+        runner=runner,
+        runner_pid=runner_pid,
+    )
+
+
+def _marks(values: frozenset[JobState]) -> tuple[str, list[str]]:
+    return ",".join("?" * len(values)), [state.value for state in values]
+
+
+class SQLiteStore:
+    """Jobs in one SQLite file. ``synchronous`` is SQLite's: FULL survives a power cut."""
+
+    def __init__(self, path: str, synchronous: str = "FULL", timeout: float = 10.0) -> None:
+        if synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
+            raise ValueError(f"synchronous must be FULL, NORMAL or OFF, got {synchronous!r}")
+        self.path = os.path.abspath(path)
+        self.synchronous = synchronous.upper()
+        self.timeout = timeout
+        self._local = threading.local()
+
+    # -- connections ---------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            if conn is not None:
+                _INHERITED.append(conn)
+            conn = local.conn = self._open()
+            local.pid = os.getpid()
+        return conn
+
+    def setup(self) -> None:
+        """Create the file and schema, switch to WAL, then close: safe to call before forking."""
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        conn = self._open()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute(
+                "INSERT OR IGNORE INTO spoolkit_meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot set up the job store at {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.chmod(self.path + suffix, 0o600)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"job store {self.path}: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreUnavailable(f"job store {self.path}: {exc}") from exc
+            raise
+
+    def _read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"job store {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return _row_to_job(row) if row else None
+
+    # -- reading -------------------------------------------------------------------
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def get(self, job_id: str) -> Job | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,))
+        return _row_to_job(rows[0]) if rows else None
+
+    def payload(self, job_id: str) -> str:
+        rows = self._read("SELECT payload FROM spoolkit_jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise JobNotFound(f"no job {job_id!r}")
+        return str(rows[0][0])
+
+    def list_jobs(
+        self, state: JobState | None = None, task: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        where, params = [], []
+        if state is not None:
+            where.append("state = ?")
+            params.append(state.value)
+        if task is not None:
+            where.append("task = ?")
+            params.append(task)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id LIMIT ?",
+            [*params, limit],
+        )
+        return [_row_to_job(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._read("SELECT state, COUNT(*) FROM spoolkit_jobs GROUP BY state")
+        found = {state: count for state, count in rows}
+        return {state.value: int(found.get(state.value, 0)) for state in JobState}
+
+    def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
+        """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``."""
+        finished_marks, finished = _marks(FINISHED)
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM spoolkit_jobs "
+            f"WHERE id > ? AND state NOT IN ({finished_marks}) "
+            "AND updated_at < ? ORDER BY id LIMIT ?",
+            [after_id, *finished, updated_before, limit],
+        )
+        return [_row_to_job(row) for row in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM spoolkit_meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO spoolkit_meta (key, value) VALUES (?, ?)", (key, value)
+            )
+
+    # -- writing ---------------------------------------------------------------------
+
+    def insert(self, new: NewJob) -> Job:
+        state = JobState.SCHEDULED if new.run_at is not None else JobState.QUEUED
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO spoolkit_jobs (id, task, payload, state, priority, max_attempts, "
+                "backoff, created_at, scheduled_for, updated_at, spool_file) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (new.id, new.task, new.payload, state.value, new.priority, new.max_attempts,
+                 new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file),
+            )  # fmt: skip
+            job = self._fetch(conn, new.id)
+        assert job is not None
+        return job
+
+    def delete(self, job_id: str) -> None:
+        """Remove a row that never reached the spool (its spool file could not be written)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM spoolkit_jobs WHERE id = ?", (job_id,))
+
+    def claim(
+        self,
+        job_id: str,
+        file_name: str,
+        instance: str,
+        pid: int,
+        now: float,
+        is_alive: Callable[[int], bool],
+    ) -> tuple[ClaimAction, Job | None]:
+        """Decide (see lifecycle.py) and, for RUN and RERUN, mark the job running by us."""
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            action = decide_claim(job, file_name, instance, now, is_alive)
+            if action in (ClaimAction.RUN, ClaimAction.RERUN):
+                counted = 1 if action is ClaimAction.RUN else 0
+                conn.execute(
+                    "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + ?, started_at = ?, "
+                    "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? WHERE id = ?",
+                    (JobState.RUNNING.value, counted, now, instance, pid, now, job_id),
+                )
+                job = self._fetch(conn, job_id)
+        return action, job
+
+    def finish(
+        self,
+        job_id: str,
+        runner_pid: int,
+        now: float,
+        *,
+        result: str | None = None,
+        error: JobError | None = None,
+        retry_at: float | None = None,
+    ) -> bool:
+        """Record how an attempt ended: succeeded (no error), retry later, or failed.
+
+        Only the runner that holds the job may do this (``runner_pid`` and
+        ``state = running`` are checked): ``False`` means someone else owns it now.
+        """
+        if error is None:
+            state, finished = JobState.SUCCEEDED, now
+        elif retry_at is not None:
+            state, finished = JobState.SCHEDULED, None
+        else:
+            state, finished = JobState.FAILED, now
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ?, result = ?, "
+                "scheduled_for = COALESCE(?, scheduled_for), error_type = ?, error_message = ?, "
+                "error_traceback = ? WHERE id = ? AND state = ? AND runner_pid = ?",
+                (state.value, finished, now, result, retry_at,
+                 error.type if error else None, error.message if error else None,
+                 error.traceback if error else None, job_id, JobState.RUNNING.value, runner_pid),
+            )  # fmt: skip
+        return cursor.rowcount == 1
+
+    def set_progress(self, job_id: str, progress: Progress, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE spoolkit_jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (json.dumps(progress.__dict__), now, job_id, JobState.RUNNING.value),
+            )
+
+    def cancel(self, job_id: str, now: float) -> Job:
+        """Cancel a waiting job; a spooler's later claim sees ``cancelled`` and drops the file."""
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            if job.state not in WAITING:
+                raise InvalidJobState(
+                    f"job {job_id} is {job.state.value}; "
+                    "only queued or scheduled jobs can be cancelled",
+                    state=job.state.value,
+                )
+            conn.execute(
+                "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+                (JobState.CANCELLED.value, now, now, job_id),
+            )
+            job = self._fetch(conn, job_id)
+        assert job is not None
+        return job
+
+    def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
+        """Queue a failed or cancelled job again, with a fresh attempt budget."""
+        with self._write() as conn:
+            job = self._fetch(conn, job_id)
+            if job is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            if job.state not in RETRYABLE:
+                raise InvalidJobState(
+                    f"job {job_id} is {job.state.value}; "
+                    "only failed or cancelled jobs can be retried",
+                    state=job.state.value,
+                )
+            conn.execute(
+                "UPDATE spoolkit_jobs SET state = ?, attempts = 0, scheduled_for = NULL, "
+                "started_at = NULL, finished_at = NULL, progress = NULL, result = NULL, "
+                "error_type = NULL, error_message = NULL, error_traceback = NULL, "
+                "spool_file = ?, runner = NULL, runner_pid = NULL, updated_at = ? WHERE id = ?",
+                (JobState.QUEUED.value, spool_file, now, job_id),
+            )
+            job = self._fetch(conn, job_id)
+        assert job is not None
+        return job
+
+    def reassign(self, job: Job, spool_file: str | None, now: float, *, requeue: bool) -> bool:
+        """Point a waiting (or, with ``requeue``, dead-runner) job at a new spool file.
+
+        Conditional on the row being exactly as ``job`` saw it, so a claim,
+        a cancel or another housekeeper that got there first wins.
+        """
+        sets = "spool_file = ?, updated_at = ?"
+        params: list[Any] = [spool_file, now]
+        if requeue:
+            sets += ", state = ?, runner = NULL, runner_pid = NULL"
+            params.append(JobState.QUEUED.value)
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"UPDATE spoolkit_jobs SET {sets} WHERE id = ? AND state = ? "
+                "AND spool_file IS ? AND runner_pid IS ?",
+                [*params, job.id, job.state.value, job.spool_file, job.runner_pid],
+            )
+        return cursor.rowcount == 1
+
+    def purge(self, finished_before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` finished jobs older than ``finished_before``."""
+        marks, finished = _marks(FINISHED)
+        with self._write() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM spoolkit_jobs WHERE id IN (SELECT id FROM spoolkit_jobs "
+                f"WHERE state IN ({marks}) AND finished_at < ? LIMIT ?)",
+                [*finished, finished_before, limit],
+            )
+        return cursor.rowcount

@@ -1,0 +1,239 @@
+"""Running one job: claim it, call the task in the app context, record the outcome.
+
+Shared by every way jobs run (uWSGI spooler, local threads, eager), so a
+job goes through the same states and retries whichever runs it. What
+happens to the *spool file* afterwards is the caller's business: this
+module answers with a :class:`Step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from . import runtime
+from .context import JobContext, running
+from .encoding import encode_result
+from .errors import EncodeError, StoreUnavailable, TaskNotFound
+from .job import Job, JobError, Progress
+from .lifecycle import ClaimAction
+from .retry import Retry, compute_backoff
+
+if TYPE_CHECKING:
+    from .service import JobService
+    from .task import Task
+
+log = logging.getLogger("spoolkit.worker")
+
+_TRACEBACK_TAIL = 4000
+_MESSAGE_LIMIT = 2000
+
+
+class Verdict(StrEnum):
+    DONE = "done"  # the file has served its purpose: SPOOL_OK
+    AGAIN = "again"  # keep the file, run it again at ``at``: SPOOL_RETRY
+    QUARANTINE = "quarantine"  # keep a copy aside for a person, then drop it
+
+
+@dataclass(frozen=True)
+class Step:
+    verdict: Verdict
+    at: float | None = None
+    reason: str = ""
+
+
+DONE = Step(Verdict.DONE)
+
+
+def error_from(exc: BaseException) -> JobError:
+    """Type, message and the end of the traceback of an exception, for the job's ``error``."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    trace = "".join(traceback.format_exception(exc))
+    return JobError(
+        type=name, message=str(exc)[:_MESSAGE_LIMIT], traceback=trace[-_TRACEBACK_TAIL:]
+    )
+
+
+class Worker:
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+        self._instance: tuple[int, str] | None = None
+
+    @property
+    def instance(self) -> str:
+        # Per process: a spooler forked from the master computes its own once.
+        if self._instance is None or self._instance[0] != os.getpid():
+            self._instance = (os.getpid(), runtime.instance_id())
+        return self._instance[1]
+
+    def process(
+        self, job_id: str, file_name: str, task_name: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> Step:
+        """Handle one delivery of a job (a spool file, or a local queue entry)."""
+        store = self.service.store
+        now = time.time()
+        action, job = store.claim(job_id, file_name, self.instance, os.getpid(), now, self._alive)
+        if action is ClaimAction.UNKNOWN or job is None:
+            return Step(Verdict.QUARANTINE, reason=f"no job {job_id} in the store")
+        if action is ClaimAction.DISCARD:
+            log.debug("job %s: dropping stale delivery %s (%s)", job_id, file_name, job.state.value)
+            return DONE
+        if action is ClaimAction.BUSY:
+            log.warning(
+                "job %s is running in live spooler pid %s; leaving it", job_id, job.runner_pid
+            )
+            return Step(Verdict.AGAIN)
+        if action is ClaimAction.EARLY:
+            return Step(Verdict.AGAIN, at=job.scheduled_for)
+        if action is ClaimAction.CRASHED:
+            return self._record(
+                job, now, error=self._lost_error(job, now), runner_pid=job.runner_pid
+            )
+        if action is ClaimAction.RERUN:
+            log.info("job %s: attempt %d was cut short by a restart; running it again, not counted",
+                     job.id, job.attempts)  # fmt: skip
+        if task_name != job.task:
+            reason = f"spool file names task {task_name!r}, the store says {job.task!r}"
+            self._record(job, now, error=JobError("SpoolFileRejected", reason), retryable=False)
+            return Step(Verdict.QUARANTINE, reason=reason)
+        try:
+            task = self.service.registry.get(job.task)
+        except TaskNotFound as exc:
+            self._record(job, now, error=error_from(exc), retryable=False)
+            return Step(Verdict.QUARANTINE, reason=str(exc))
+        return self._run(job, task, args, kwargs)
+
+    def _alive(self, pid: int) -> bool:
+        return runtime.spooler_alive(pid) if runtime.uwsgi_module() else pid == os.getpid()
+
+    def _run(self, job: Job, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Step:
+        context = JobContext(
+            job.id, job.task, job.attempts, job.max_attempts, self._reporter(job.id)
+        )
+        log.info(
+            "job %s running: %s (attempt %d/%d)", job.id, job.task, job.attempts, job.max_attempts
+        )
+        started = time.monotonic()
+        result: str | None = None
+        error: JobError | None = None
+        countdown: float | None = None
+        retryable = True
+        try:
+            with self.service.app.app_context(), running(context):
+                value = task.fn(*args, **kwargs)
+        except Retry as exc:
+            countdown = exc.countdown
+            error = JobError("Retry", str(exc))
+        except Exception as exc:
+            error = error_from(exc)
+        else:
+            try:
+                result = encode_result(job.task, value)
+            except EncodeError as exc:
+                error, retryable = error_from(exc), False
+        finally:
+            self._flush(context, job.id)
+        elapsed = time.monotonic() - started
+        return self._record(job, time.time(), result=result, error=error, countdown=countdown,
+                            retryable=retryable, elapsed=elapsed)  # fmt: skip
+
+    def _record(
+        self,
+        job: Job,
+        now: float,
+        *,
+        result: str | None = None,
+        error: JobError | None = None,
+        countdown: float | None = None,
+        retryable: bool = True,
+        elapsed: float | None = None,
+        runner_pid: int | None = None,
+    ) -> Step:
+        retry_at = None
+        if error is not None and retryable and job.attempts < job.max_attempts:
+            delay = countdown
+            if delay is None:
+                delay = compute_backoff(
+                    job.attempts, base=job.backoff, cap=self.service.config.max_backoff
+                )
+            retry_at = now + delay
+        pid = os.getpid() if runner_pid is None else runner_pid
+        recorded = self._patiently(
+            lambda: self.service.store.finish(
+                job.id, pid, now, result=result, error=error, retry_at=retry_at
+            )
+        )
+        if not recorded:
+            log.warning("job %s was taken over by another runner; dropping this delivery", job.id)
+            return DONE
+        took = f" in {elapsed:.3f}s" if elapsed is not None else ""
+        attempt = f"attempt {job.attempts}/{job.max_attempts}"
+        if error is None:
+            log.info("job %s succeeded%s (%s)", job.id, took, attempt)
+            return DONE
+        if retry_at is not None:
+            level = logging.INFO if error.type == "Retry" else logging.WARNING
+            log.log(level, "job %s will retry in %.1fs (%s): %s: %s",
+                    job.id, retry_at - now, attempt, error.type, error.message)  # fmt: skip
+            return Step(Verdict.AGAIN, at=retry_at)
+        log.error(
+            "job %s failed%s (%s, no retry): %s: %s",
+            job.id,
+            took,
+            attempt,
+            error.type,
+            error.message,
+        )
+        return DONE
+
+    def _lost_error(self, job: Job, now: float) -> JobError:
+        elapsed = now - (job.started_at or now)
+        harakiri = runtime.uwsgi_option("spooler-harakiri")
+        if harakiri and harakiri.isdigit() and int(harakiri) > 0 and elapsed >= int(harakiri) - 1:
+            return JobError(
+                "Timeout",
+                f"attempt {job.attempts} timed out after {int(harakiri)} s "
+                "and was killed by spooler-harakiri",
+            )
+        return JobError(
+            "WorkerLost",
+            f"the spooler process running attempt {job.attempts} (pid {job.runner_pid}) died "
+            f"after {elapsed:.1f} s: killed by a signal, out of memory, or exited",
+        )
+
+    def _reporter(self, job_id: str) -> Any:
+        def report(progress: Progress) -> None:
+            self.service.store.set_progress(job_id, progress, time.time())
+
+        return report
+
+    def _flush(self, context: JobContext, job_id: str) -> None:
+        try:
+            context.flush()
+        except StoreUnavailable as exc:
+            log.warning("job %s: progress not saved: %s", job_id, exc)
+
+    @staticmethod
+    def _patiently(write: Any) -> bool:
+        """Retry a store write until the store answers: an outcome is never dropped."""
+        delay = 0.05
+        tries = 0
+        while True:
+            try:
+                return bool(write())
+            except StoreUnavailable as exc:
+                tries += 1
+                if tries % 10 == 1:
+                    log.warning("job store unavailable, will keep trying: %s", exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
