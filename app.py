@@ -1,0 +1,65 @@
+"""The example Flask app: a slow call moved out of the request, done right.
+
+``POST /render/<script_id>`` with ``{"text_list": [...]}`` queues
+``render_audio`` and answers ``202 Accepted`` with ``Location: /jobs/<id>``;
+the client polls that URL until it answers ``200`` with the result. The
+``/jobs`` API and ``/healthz`` come from ``SpoolKit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+import tasks
+from spoolkit import SpoolKit, accepted
+
+SCRIPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TEXTS = 1000
+
+logging.basicConfig(
+    level=os.environ.get("SPOOLKIT_LOG_LEVEL", "INFO").upper(),
+    format="%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s",
+)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.from_mapping(
+        RENDER_OUTPUT_DIR=os.environ.get(
+            "RENDER_OUTPUT_DIR", os.path.join(app.root_path, "output")
+        ),
+        RENDER_API_DELAY=float(os.environ.get("RENDER_API_DELAY", "0.5")),
+    )
+    app.config.update(config or {})
+    SpoolKit(app)
+
+    @app.errorhandler(HTTPException)
+    def json_error(exc: HTTPException) -> Response:
+        response = jsonify({"error": exc.description or exc.name})
+        response.status_code = exc.code or 500
+        return response
+
+    @app.post("/render/<script_id>")
+    def render(script_id: str) -> Any:
+        if not SCRIPT_ID.fullmatch(script_id):
+            return {"error": "script id must be 1-64 letters, digits, '_' or '-'"}, 422
+        data = request.get_json(silent=True)
+        texts = data.get("text_list") if isinstance(data, dict) else None
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return {
+                "error": 'body must be JSON {"text_list": ["...", ...]} with 1 or more strings'
+            }, 422
+        if len(texts) > MAX_TEXTS:
+            return {"error": f"at most {MAX_TEXTS} texts per script"}, 422
+        return accepted(tasks.render_audio.delay(script_id, texts))
+
+    return app
+
+
+app = create_app()

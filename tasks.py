@@ -1,0 +1,59 @@
+"""The example's spooled tasks. Add a task by writing a function here with ``@spool``.
+
+``render_audio`` is the classic slow call moved out of a request: it asks a
+(simulated) third-party text-to-speech API for each text, which takes a
+while per item, reports progress, and writes one WAV file whose path is the
+job's result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+import time
+import wave
+
+from flask import current_app
+
+from spoolkit import current_job, spool
+
+SAMPLE_RATE = 8000
+SECONDS_PER_TEXT = 0.4
+
+
+@spool(max_attempts=5, backoff=2.0)
+def render_audio(script_id: str, text_list: list[str]) -> str:
+    """Render every text of a script into one WAV file and return the file's path.
+
+    Safe to run twice (the spooler delivers at least once): the output is
+    written to a temporary name and renamed into place.
+    """
+    out_dir = current_app.config["RENDER_OUTPUT_DIR"]
+    os.makedirs(out_dir, exist_ok=True)
+    frames = bytearray()
+    total = len(text_list)
+    for done, text in enumerate(text_list, start=1):
+        frames += call_speech_api(text, delay=float(current_app.config["RENDER_API_DELAY"]))
+        current_job.progress(done, total, f"rendered text {done} of {total}")
+    path = os.path.join(out_dir, f"{script_id}-{current_job.id}.wav")
+    partial = f"{path}.part"
+    with wave.open(partial, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(bytes(frames))
+    os.replace(partial, path)
+    return path
+
+
+def call_speech_api(text: str, delay: float) -> bytes:
+    """Stand-in for the slow third-party API: waits, then returns a tone for the text."""
+    time.sleep(delay)
+    pitch = 220 + int(hashlib.sha256(text.encode()).hexdigest()[:4], 16) % 440
+    count = int(SAMPLE_RATE * SECONDS_PER_TEXT)
+    return b"".join(
+        struct.pack("<h", int(12000 * math.sin(2 * math.pi * pitch * i / SAMPLE_RATE)))
+        for i in range(count)
+    )
