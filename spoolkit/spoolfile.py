@@ -49,6 +49,8 @@ def pack_vars(entries: Mapping[bytes, bytes]) -> bytes:
     """Encode ``{key: value}`` as a uwsgi packet (each part ``uint16 LE length`` + bytes)."""
     parts = []
     for key, value in entries.items():
+        if len(key) > MAX_PACKET or len(value) > MAX_PACKET:
+            raise ValueError(f"spool packet field {key[:40]!r} is over {MAX_PACKET} bytes")
         parts += [_LENGTH.pack(len(key)), key, _LENGTH.pack(len(value)), value]
     packet = b"".join(parts)
     if len(packet) > MAX_PACKET:

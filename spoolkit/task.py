@@ -127,6 +127,11 @@ def spool(
 
     def decorate(function: Callable[P, R]) -> Task[P, R]:
         task_name = name or f"{function.__module__}.{function.__qualname__}"
+        if name is None and "<locals>" in task_name:
+            raise ValueError(
+                f"{function.__qualname__} is defined inside a function; define tasks at module "
+                "level (the spoolers must find them by importing the module) or pass name='...'"
+            )
         task = Task(function, name=task_name, policy=policy)
         target.register(task)
         return task

@@ -1,0 +1,130 @@
+"""Tasks used by the tests. Importable, because the spoolers import them too
+(``SPOOLKIT_IMPORTS=tests.jobs``). Each records its runs as JSON lines under
+``$SPOOLKIT_TEST_DIR`` so a test can see what ran, where and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from flask import current_app
+
+from spoolkit import Retry, current_job, spool
+
+
+def record(tag: str, **data: Any) -> int:
+    """Append one line for this run; return how many runs ``tag`` has had."""
+    path = os.path.join(os.environ["SPOOLKIT_TEST_DIR"], f"{tag}.jsonl")
+    line = {"time": time.time(), "pid": os.getpid(), **data}
+    if current_job:
+        line.update(job=current_job.id, attempt=current_job.attempt)
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
+    with open(path, encoding="utf-8") as back:
+        return sum(1 for _ in back)
+
+
+@spool
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@spool
+def echo(value: Any) -> Any:
+    return value
+
+
+@spool
+def payload_size(blob: str) -> int:
+    return len(blob)
+
+
+@spool
+def mark(tag: str) -> float:
+    record(tag)
+    return time.time()
+
+
+@spool(max_attempts=5, backoff=0)
+def flaky(tag: str, failures: int) -> int:
+    runs = record(tag)
+    if runs <= failures:
+        raise RuntimeError(f"failure {runs} of {failures}")
+    return runs
+
+
+@spool(max_attempts=3, backoff=0)
+def always_fails(tag: str) -> None:
+    record(tag)
+    raise ValueError("boom")
+
+
+@spool(max_attempts=3, backoff=0)
+def asks_retry(tag: str, countdown: float) -> int:
+    runs = record(tag)
+    if runs == 1:
+        raise Retry(countdown=countdown, reason="not ready yet")
+    return runs
+
+
+@spool(max_attempts=3, backoff=0)
+def kills_itself(tag: str) -> None:
+    record(tag)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@spool(max_attempts=3, backoff=0)
+def blocks_first(tag: str, seconds: float) -> int:
+    """Blocks on its first attempt (the test kills it there); quick afterwards."""
+    record(tag)
+    if current_job.attempt == 1:
+        time.sleep(seconds)
+    return current_job.attempt
+
+
+@spool
+def sleeper(tag: str, seconds: float) -> str:
+    record(tag, event="start")
+    time.sleep(seconds)
+    record(tag, event="end")
+    return tag
+
+
+@spool
+def progress_steps(steps: int) -> int:
+    for done in range(1, steps + 1):
+        current_job.progress(done, steps, f"step {done}")
+    return steps
+
+
+@spool
+def config_value(key: str) -> Any:
+    return current_app.config[key]
+
+
+@spool
+def job_info() -> dict[str, Any]:
+    return {"id": current_job.id, "attempt": current_job.attempt, "max": current_job.max_attempts}
+
+
+@spool
+def bad_result() -> object:
+    return {1, 2}
+
+
+@spool
+def enqueue_child(value: int) -> str:
+    """A task that queues another one from inside a spooler."""
+    return add.delay(value, value).id
+
+
+@spool(max_attempts=3, backoff=2.0)
+def slow_flaky(tag: str, failures: int) -> int:
+    runs = record(tag)
+    if runs <= failures:
+        raise RuntimeError(f"failure {runs} of {failures}")
+    return runs

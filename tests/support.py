@@ -1,0 +1,296 @@
+"""Test harness: a real ``uwsgi --ini uwsgi.ini`` in a temporary directory.
+
+Each server gets free ports on 127.0.0.1, its own spool directory, store
+and record directory. It is stopped by pid (SIGTERM to the master, then
+SIGKILL to the master and every descendant left), never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+UWSGI = Path(sys.executable).with_name("uwsgi")
+FINISHED = {"succeeded", "failed", "cancelled"}
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (children of children too)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive for our purposes.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:300]!r}>"
+
+
+class UwsgiServer:
+    def __init__(self, base: Path, **env: str) -> None:
+        self.base = base
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.spool_dir = base / "spool" / "jobs"
+        self.database = base / "spool" / "spoolkit.db"
+        self.records = base / "records"
+        self.output = base / "output"
+        self.log_path = base / "uwsgi.log"
+        self.extra_env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.generation = 0
+        for directory in (self.spool_dir.parent, self.records, self.output):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
+        env.update(
+            SPOOLKIT_HTTP=f"127.0.0.1:{self.port}",
+            SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
+            SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
+            SPOOLKIT_DATABASE=str(self.database),
+            SPOOLKIT_IMPORTS="tests.jobs",
+            SPOOLKIT_TEST_DIR=str(self.records),
+            SPOOLKIT_HOUSEKEEPING_INTERVAL="1",
+            RENDER_OUTPUT_DIR=str(self.output),
+            RENDER_API_DELAY="0.05",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60) -> UwsgiServer:
+        self.generation += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        log.write(f"\n===== start {self.generation} =====\n".encode())
+        log.flush()
+        self.process = subprocess.Popen(
+            [str(UWSGI), "--ini", str(REPO / "uwsgi.ini")],
+            cwd=str(REPO),
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        wait_for(self._healthy, timeout, f"uwsgi on port {self.port} to answer /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"uwsgi exited with {self.process.returncode}:\n{self.log_tail()}")
+        try:
+            return self.get("/healthz").status == 200
+        except OSError:
+            return False
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Stop the master with ``sig`` and wait; SIGKILL whatever is left, by pid."""
+        if self.process is None:
+            return
+        family = descendants(self.pid)
+        if self.process.poll() is None:
+            os.kill(self.pid, sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.process.wait(10)
+        for pid in family:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for pid in family:
+            wait_for(lambda p=pid: not alive(p), 10, f"pid {pid} to exit")
+        self.process = None
+
+    def kill_tree(self) -> None:
+        """SIGKILL the master and every process under it at once: a power cut for the software."""
+        assert self.process is not None
+        family = [self.pid, *descendants(self.pid)]
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.stop()
+
+    def reload(self, timeout: float = 60) -> None:
+        """Graceful reload (SIGHUP): the master re-executes itself, spoolers are killed."""
+        os.kill(self.pid, signal.SIGHUP)
+        before = set(self.spooler_pids())
+        wait_for(
+            lambda: (pids := set(self.spooler_pids())) and not pids & before and self._healthy(),
+            timeout,
+            "the reload to bring up new spoolers",
+        )
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+            sent = {"Content-Type": "application/json"} if data is not None else {}
+            sent.update(headers or {})
+            conn.request(method, path, body=data, headers=sent)
+            answer = conn.getresponse()
+            return Response(answer.status, dict(answer.getheaders()), answer.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return self.request("POST", path, body, **kw)
+
+    def enqueue(self, task: str, *args: Any, **options: Any) -> str:
+        """POST /jobs and return the job id (asserting 202 and the Location header)."""
+        body = {"task": f"tests.jobs.{task}", "args": list(args), **options}
+        response = self.post("/jobs", body)
+        assert response.status == 202, response
+        job_id = str(response.json()["id"])
+        assert response.headers["Location"] == f"/jobs/{job_id}"
+        return job_id
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.get(f"/jobs/{job_id}")
+        assert response.status in (200, 202), response
+        return dict(response.json())
+
+    def wait_job(
+        self, job_id: str, timeout: float = 30, states: set[str] = FINISHED
+    ) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["state"] in states else None
+
+        return wait_for(reached, timeout, f"job {job_id} to reach {sorted(states)}")
+
+    # -- looking inside -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=10) as sock:
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return dict(json.loads(b"".join(chunks)))
+
+    def spooler_pids(self) -> list[int]:
+        try:
+            return [int(s["pid"]) for s in self.stats().get("spoolers", []) if s.get("pid")]
+        except OSError:
+            return []
+
+    def records_of(self, tag: str) -> list[dict[str, Any]]:
+        path = self.records / f"{tag}.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def spool_files(self) -> list[Path]:
+        return sorted(
+            path
+            for path in self.spool_dir.rglob("uwsgi_spoolfile_on_*")
+            if "quarantine" not in path.parts
+        )
+
+    def spool_file_of(self, job_id: str) -> Path | None:
+        matches = [path for path in self.spool_files() if path.name.endswith(job_id)]
+        return matches[0] if matches else None
+
+
+@contextlib.contextmanager
+def running_server(base: Path, **env: str) -> Iterator[UwsgiServer]:
+    server = UwsgiServer(base, **env)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
