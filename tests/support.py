@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -106,6 +106,12 @@ class UwsgiServer:
             directory.mkdir(parents=True, exist_ok=True)
 
     # -- life cycle -------------------------------------------------------------------
+
+    def __enter__(self) -> UwsgiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
@@ -287,10 +293,6 @@ class UwsgiServer:
         return matches[0] if matches else None
 
 
-@contextlib.contextmanager
-def running_server(base: Path, **env: str) -> Iterator[UwsgiServer]:
-    server = UwsgiServer(base, **env)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+def running_server(base: Path, **env: str) -> UwsgiServer:
+    """``with running_server(tmp_path, SPOOLKIT_X="1") as server:`` starts and stops one."""
+    return UwsgiServer(base, **env)

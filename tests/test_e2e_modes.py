@@ -1,0 +1,61 @@
+"""Handover between modes, and refusing a uWSGI set-up that cannot run jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .support import REPO, UWSGI, UwsgiServer, free_port
+
+pytestmark = pytest.mark.e2e
+
+LOCAL_SCRIPT = """
+import importlib, sys
+from flask import Flask
+from spoolkit import SpoolKit
+app = Flask("leftover")
+app.config.update(SPOOLKIT_DATABASE=sys.argv[1], SPOOLKIT_IMPORTS="tests.jobs")
+SpoolKit(app)
+jobs = importlib.import_module("tests.jobs")
+with app.app_context():
+    print(jobs.mark.apply_async(("left-behind",), countdown=2).id)
+"""
+
+
+def test_jobs_left_by_a_local_mode_process_run_under_uwsgi(tmp_path: Path) -> None:
+    server = UwsgiServer(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SPOOLKIT_TEST_DIR": str(server.records)}
+    # The local process queues a job for 2 s later and exits before running it.
+    done = subprocess.run(
+        [sys.executable, "-c", LOCAL_SCRIPT, str(server.database)],
+        env=env, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    job_id = done.stdout.strip()
+    with server:
+        job = server.wait_job(job_id, timeout=30)
+        assert job["state"] == "succeeded"
+        runs = server.records_of("left-behind")
+        assert len(runs) == 1
+        assert runs[0]["pid"] in server.spooler_pids()
+        assert "spooled again" in server.log_text()
+
+
+def test_uwsgi_without_a_spooler_refuses_to_start(tmp_path: Path) -> None:
+    ini = tmp_path / "nospooler.ini"
+    ini.write_text(
+        "[uwsgi]\nstrict = true\nmaster = true\nneed-app = true\n"
+        f"chdir = {REPO}\npythonpath = {REPO}\nmodule = app:app\n"
+        f"http-socket = 127.0.0.1:{free_port()}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
+    env["SPOOLKIT_DATABASE"] = str(tmp_path / "j.db")
+    done = subprocess.run(
+        [str(UWSGI), "--ini", str(ini)], env=env, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "uWSGI runs without a spooler: add 'spooler = <directory>'" in done.stdout + done.stderr
