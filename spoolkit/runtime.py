@@ -49,15 +49,7 @@ def spooler_pids() -> list[int]:
 
 def spooler_alive(pid: int) -> bool:
     """Is ``pid`` a live spooler of this instance? (A respawned spooler has a new pid.)"""
-    if pid not in spooler_pids():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid in spooler_pids() and process_exists(pid)
 
 
 def wake_spoolers() -> None:

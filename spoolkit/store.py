@@ -327,48 +327,44 @@ class SQLiteStore:
                 (json.dumps(progress.__dict__), now, job_id, JobState.RUNNING.value),
             )
 
-    def cancel(self, job_id: str, now: float) -> Job:
-        """Cancel a waiting job; a spooler's later claim sees ``cancelled`` and drops the file."""
+    def _change(
+        self, job_id: str, allowed: frozenset[JobState], action: str, sets: str, params: list[Any]
+    ) -> Job:
+        """Update one job if its state is in ``allowed``; else a named error."""
         with self._write() as conn:
             job = self._fetch(conn, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id!r}")
-            if job.state not in WAITING:
+            if job.state not in allowed:
+                states = " or ".join(sorted(state.value for state in allowed))
                 raise InvalidJobState(
-                    f"job {job_id} is {job.state.value}; "
-                    "only queued or scheduled jobs can be cancelled",
+                    f"job {job_id} is {job.state.value}; only {states} jobs can be {action}",
                     state=job.state.value,
                 )
-            conn.execute(
-                "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ? WHERE id = ?",
-                (JobState.CANCELLED.value, now, now, job_id),
-            )
+            conn.execute(f"UPDATE spoolkit_jobs SET {sets} WHERE id = ?", [*params, job_id])
             job = self._fetch(conn, job_id)
         assert job is not None
         return job
 
+    def cancel(self, job_id: str, now: float) -> Job:
+        """Cancel a waiting job; a spooler's later claim sees ``cancelled`` and drops the file."""
+        return self._change(
+            job_id, WAITING, "cancelled", "state = ?, finished_at = ?, updated_at = ?",
+            [JobState.CANCELLED.value, now, now],
+        )  # fmt: skip
+
     def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
         """Queue a failed or cancelled job again, with a fresh attempt budget."""
-        with self._write() as conn:
-            job = self._fetch(conn, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id!r}")
-            if job.state not in RETRYABLE:
-                raise InvalidJobState(
-                    f"job {job_id} is {job.state.value}; "
-                    "only failed or cancelled jobs can be retried",
-                    state=job.state.value,
-                )
-            conn.execute(
-                "UPDATE spoolkit_jobs SET state = ?, attempts = 0, scheduled_for = NULL, "
-                "started_at = NULL, finished_at = NULL, progress = NULL, result = NULL, "
-                "error_type = NULL, error_message = NULL, error_traceback = NULL, "
-                "spool_file = ?, runner = NULL, runner_pid = NULL, updated_at = ? WHERE id = ?",
-                (JobState.QUEUED.value, spool_file, now, job_id),
-            )
-            job = self._fetch(conn, job_id)
-        assert job is not None
-        return job
+        return self._change(
+            job_id,
+            RETRYABLE,
+            "retried",
+            "state = ?, attempts = 0, scheduled_for = NULL, started_at = NULL, "
+            "finished_at = NULL, progress = NULL, result = NULL, error_type = NULL, "
+            "error_message = NULL, error_traceback = NULL, spool_file = ?, runner = NULL, "
+            "runner_pid = NULL, updated_at = ?",
+            [JobState.QUEUED.value, spool_file, now],
+        )
 
     def reassign(self, job: Job, spool_file: str | None, now: float, *, requeue: bool) -> bool:
         """Point a waiting (or, with ``requeue``, dead-runner) job at a new spool file.
