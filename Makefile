@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint typecheck pytest clean
+.PHONY: run test check lint typecheck pytest system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,17 +22,23 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.runtime-installed
 	$(BIN)/uwsgi --ini uwsgi.ini
 
-test: check pytest
+test: system-deps check pytest
+
+# nginx, systemd-analyze, shellcheck, logrotate: the deploy tests run them for real.
+system-deps:
+	scripts/test-deps.sh
 
 check: lint typecheck
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	shellcheck deploy/install.sh scripts/*.sh .ci/run
+	$(BIN)/hadolint deploy/Dockerfile
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev-installed
+pytest: $(VENV)/.dev-installed system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:

@@ -90,10 +90,18 @@ class Response:
 
 
 class UwsgiServer:
-    def __init__(self, base: Path, **env: str) -> None:
+    """A real uWSGI. By default ``uwsgi.ini`` over HTTP; with ``ini=`` the
+    production overlay, reached through its uwsgi-protocol unix socket."""
+
+    def __init__(self, base: Path, ini: Path | None = None, **env: str) -> None:
         self.base = base
+        self.ini = ini or REPO / "uwsgi.ini"
+        self.socket_path = base / "uwsgi.sock" if ini is not None else None
         self.port = free_port()
-        self.stats_port = free_port()
+        # The production overlay gets a unix stats socket, like in production.
+        self.stats_address = (
+            str(base / "stats.sock") if ini is not None else f"127.0.0.1:{free_port()}"
+        )
         self.spool_dir = base / "spool" / "jobs"
         self.database = base / "spool" / "spoolkit.db"
         self.records = base / "records"
@@ -117,7 +125,8 @@ class UwsgiServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
         env.update(
             SPOOLKIT_HTTP=f"127.0.0.1:{self.port}",
-            SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
+            SPOOLKIT_STATS=self.stats_address,
+            **({"SPOOLKIT_SOCKET": str(self.socket_path)} if self.socket_path else {}),
             SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
             SPOOLKIT_DATABASE=str(self.database),
             SPOOLKIT_IMPORTS="tests.jobs",
@@ -136,7 +145,7 @@ class UwsgiServer:
         log.write(f"\n===== start {self.generation} =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [str(UWSGI), "--ini", str(REPO / "uwsgi.ini")],
+            [str(UWSGI), "--ini", str(self.ini)],
             cwd=str(REPO),
             env=self.env(),
             stdout=log,
@@ -220,9 +229,11 @@ class UwsgiServer:
         headers: dict[str, str] | None = None,
         timeout: float = 30,
     ) -> Response:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        if self.socket_path is not None:
+            return uwsgi_request(self.socket_path, method, path, data or b"")
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
             sent = {"Content-Type": "application/json"} if data is not None else {}
             sent.update(headers or {})
             conn.request(method, path, body=data, headers=sent)
@@ -263,7 +274,14 @@ class UwsgiServer:
     # -- looking inside -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=10) as sock:
+        if self.stats_address.startswith("/"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            sock.connect(self.stats_address)
+        else:
+            host, port = self.stats_address.rsplit(":", 1)
+            sock = socket.create_connection((host, int(port)), timeout=10)
+        with sock:
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
@@ -291,6 +309,32 @@ class UwsgiServer:
     def spool_file_of(self, job_id: str) -> Path | None:
         matches = [path for path in self.spool_files() if path.name.endswith(job_id)]
         return matches[0] if matches else None
+
+
+def uwsgi_request(socket_path: Path, method: str, path: str, body: bytes = b"") -> Response:
+    """One request over uWSGI's own protocol on a unix socket (what nginx's uwsgi_pass speaks)."""
+    from spoolkit.spoolfile import pack_vars
+
+    path_info, _, query = path.partition("?")
+    env = {
+        b"REQUEST_METHOD": method.encode(), b"PATH_INFO": path_info.encode(),
+        b"QUERY_STRING": query.encode(), b"SERVER_PROTOCOL": b"HTTP/1.1",
+        b"SERVER_NAME": b"localhost", b"SERVER_PORT": b"80", b"HTTP_HOST": b"localhost",
+        b"REMOTE_ADDR": b"127.0.0.1", b"CONTENT_LENGTH": str(len(body)).encode(),
+        b"CONTENT_TYPE": b"application/json",
+    }  # fmt: skip
+    packet = pack_vars(env)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(socket_path))
+        sock.sendall(bytes([0]) + len(packet).to_bytes(2, "little") + bytes([0]) + packet + body)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return Response(int(lines[0].split()[1]), headers, payload)
 
 
 def running_server(base: Path, **env: str) -> UwsgiServer:

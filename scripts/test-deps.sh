@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives for real: nginx (in front of uWSGI),
+# systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config).
+# Installs only what is missing; called by `make test`.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have nginx || need+=(nginx)
+have systemd-analyze || need+=(systemd)
+have shellcheck || need+=(shellcheck)
+have logrotate || need+=(logrotate)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=()
+[ "$(id -u)" = 0 ] || sudo=(sudo)
+export DEBIAN_FRONTEND=noninteractive
+echo "test-deps: installing ${need[*]}"
+if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${need[@]}"; then
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
