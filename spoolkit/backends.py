@@ -25,7 +25,7 @@ from .encoding import decode_arguments, to_spool_entries
 from .errors import ConfigurationError
 from .job import Job
 from .schedule import spool_mtime
-from .spoolfile import SpoolDirectory, spool_file_name
+from .spoolfile import HEADER_SIZE, SpoolDirectory, is_own_file, spool_file_name
 from .worker import Verdict
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("spoolkit.backend")
 
 HOUSEKEEPER_KEY = "housekeeper"
+#: A file shorter than uWSGI's header, due for this long, is torn (uWSGI's own
+#: writer holds a lock on the empty file only for the moment it writes it).
+TORN_AFTER = 5.0
 
 
 class Backend(Protocol):
@@ -46,8 +49,8 @@ class Backend(Protocol):
     def submit(self, job: Job, payload: str) -> None: ...
     def release(self, job: Job) -> None: ...
     def check_priority(self) -> None: ...
-    def spooled_files(self) -> set[str]: ...
-    def delivery_alive(self, job: Job, files: set[str]) -> bool: ...
+    def spooled_files(self, now: float) -> set[str]: ...
+    def delivery_ok(self, job: Job, files: set[str]) -> bool: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 
 
@@ -94,10 +97,29 @@ class SpoolerBackend:
                 "never looks into the priority directories"
             )
 
-    def spooled_files(self) -> set[str]:
-        return set(self.directory.iter_files())
+    def spooled_files(self, now: float, *, check_all: bool = False) -> set[str]:
+        """The job files a spooler can run; torn ones go to the quarantine on the way.
 
-    def delivery_alive(self, job: Job, files: set[str]) -> bool:
+        A file of the kit's own (written atomically) can only be torn by a
+        crash of the machine, so reading every header is for start-up
+        (``check_all``, before any spooler runs); files of other writers are
+        checked on every pass, and any file shorter than a header always.
+        """
+        files = set()
+        for relative, info in self.directory.entries().items():
+            due = check_all or info.st_mtime < now - TORN_AFTER
+            suspect = check_all or info.st_size < HEADER_SIZE or not is_own_file(relative)
+            if due and suspect and self.directory.is_torn(relative, info):
+                kept = self.directory.set_aside_torn(relative)
+                log.error(
+                    "spool file %s is torn (%d bytes); moved to %s", relative, info.st_size, kept
+                )
+                if kept is not None:
+                    continue
+            files.add(relative)
+        return files
+
+    def delivery_ok(self, job: Job, files: set[str]) -> bool:
         if job.spool_file is None:
             return False
         if job.spool_file.startswith("local:"):
@@ -208,10 +230,10 @@ class LocalBackend:
     def check_priority(self) -> None:
         """Priorities order the in-memory queue; nothing to check."""
 
-    def spooled_files(self) -> set[str]:
+    def spooled_files(self, now: float) -> set[str]:
         return set()
 
-    def delivery_alive(self, job: Job, files: set[str]) -> bool:
+    def delivery_ok(self, job: Job, files: set[str]) -> bool:
         return _local_delivery_alive(job)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -247,10 +269,10 @@ class EagerBackend:
     def check_priority(self) -> None:
         """Priorities mean nothing when jobs run at once."""
 
-    def spooled_files(self) -> set[str]:
+    def spooled_files(self, now: float) -> set[str]:
         return set()
 
-    def delivery_alive(self, job: Job, files: set[str]) -> bool:
+    def delivery_ok(self, job: Job, files: set[str]) -> bool:
         return True
 
     def health(self) -> tuple[bool, dict[str, Any]]:

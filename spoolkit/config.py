@@ -57,6 +57,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "result_ttl": float,
     "housekeeping_interval": float,
     "retry_after": int,
+    "store_timeout": float,
 }
 
 
@@ -75,9 +76,16 @@ class Config:
     result_ttl: float = 7 * 24 * 3600.0
     housekeeping_interval: float = 5.0
     retry_after: int = 1
+    store_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        positive = ("local_workers", "max_request_bytes", "housekeeping_interval", "retry_after")
+        positive = (
+            "local_workers",
+            "max_request_bytes",
+            "housekeeping_interval",
+            "retry_after",
+            "store_timeout",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be > 0")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .encoding import from_spool_dict
-from .errors import DecodeError
+from .errors import DecodeError, StoreUnavailable
 from .schedule import spool_mtime
 from .service import JobService, current_service
 from .worker import Verdict
@@ -46,6 +46,10 @@ def spooler(spool: Mapping[Any, Any]) -> int:
         return SPOOL_RETRY
     try:
         return _dispatch(service, spool, name, directory)
+    except StoreUnavailable as exc:
+        log.warning("spool file %s: %s; retrying in %.0fs", name, exc, ERROR_PAUSE)
+        _postpone(service, directory, name, time.time() + ERROR_PAUSE)
+        return SPOOL_RETRY
     except Exception:
         log.exception("spool file %s: unexpected error; retrying in %.0fs", name, ERROR_PAUSE)
         _postpone(service, directory, name, time.time() + ERROR_PAUSE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 
 from flask import Flask, current_app
 
@@ -21,6 +22,7 @@ from .store import SQLiteStore
 log = logging.getLogger("spoolkit")
 
 EXTENSION_KEY = "spoolkit"
+_TRUE = {"1", "true", "yes", "on"}
 
 
 def _choose_backend(config: Config) -> Backend:
@@ -30,13 +32,15 @@ def _choose_backend(config: Config) -> Backend:
     if runtime.uwsgi_module() is not None:
         directory = SpoolDirectory(runtime.spooler_directory(), wake=runtime.wake_spoolers)
         directory.prepare()
-        ordered = (runtime.uwsgi_option("spooler-ordered") or "").lower() in {
-            "1",
-            "true",
-            "yes",
-            "on",
-        }
-        return SpoolerBackend(directory, ordered=ordered)
+        ordered = (runtime.uwsgi_option("spooler-ordered") or "").lower() in _TRUE
+        backend = SpoolerBackend(directory, ordered=ordered)
+        if runtime.in_master_before_fork():
+            # After a crash of the machine, files can be torn; uWSGI handles
+            # those badly (see SpoolDirectory.is_torn), so set them aside
+            # before any spooler scans. Their jobs are spooled again from the
+            # store by the housekeeper.
+            backend.spooled_files(time.time(), check_all=True)
+        return backend
     log.warning(
         "not running under uWSGI: jobs run in %d threads of this process "
         "(local mode; SPOOLKIT_LOCAL_WORKERS). Run 'uwsgi --ini uwsgi.ini' for spoolers.",
@@ -68,13 +72,14 @@ class SpoolKit:
                 raise ConfigurationError(
                     f"SPOOLKIT_IMPORTS: cannot import {module!r}: {exc}"
                 ) from exc
-        store = SQLiteStore(config.database, synchronous=config.sync)
+        store = SQLiteStore(config.database, synchronous=config.sync, timeout=config.store_timeout)
         store.setup()
         backend = _choose_backend(config)
         service = JobService(app, config, self.registry, store, backend)
         backend.attach(service)
         app.extensions[EXTENSION_KEY] = service
         set_process_service(service)
+        app.before_request(api.refuse_truncated_request)
         app.register_blueprint(api.blueprint)
         app.add_url_rule("/healthz", "spoolkit_health", api.health)
         app.cli.add_command(cli.group)

@@ -6,6 +6,8 @@ writing the file, a person can delete one). The store is the record; every
 ``SPOOLKIT_HOUSEKEEPING_INTERVAL`` seconds, and once at start-up, this
 walks the unfinished jobs and
 
+* moves torn spool files (shorter than uWSGI's header, which uWSGI skips
+  forever) to the quarantine;
 * spools again a queued or scheduled job whose delivery is gone;
 * queues again a running job whose runner is dead and whose file is gone
   (when the file is still there, its spooler's next scan handles it);
@@ -54,7 +56,7 @@ class Housekeeper:
         store, backend = service.store, service.backend
         now = time.time() if now is None else now
         report = Report()
-        files = backend.spooled_files()
+        files = backend.spooled_files(now)
         after = ""
         while True:
             jobs = store.unfinished(after, BATCH, updated_before=now - GRACE_SECONDS)
@@ -62,7 +64,7 @@ class Housekeeper:
                 break
             after = jobs[-1].id
             for job in jobs:
-                if backend.delivery_alive(job, files):
+                if backend.delivery_ok(job, files):
                     continue
                 if job.state in WAITING:
                     requeue = False

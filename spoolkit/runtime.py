@@ -94,6 +94,17 @@ def uwsgi_option(name: str) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def in_master_before_fork() -> bool:
+    """Loading the app in the uWSGI master, before workers and spoolers exist."""
+    uwsgi = uwsgi_module()
+    return bool(
+        uwsgi is not None
+        and uwsgi.worker_id() == 0
+        and uwsgi.mule_id() == 0
+        and not uwsgi.i_am_the_spooler()
+    )
+
+
 def is_spooler() -> bool:
     uwsgi = uwsgi_module()
     return bool(uwsgi is not None and uwsgi.i_am_the_spooler())

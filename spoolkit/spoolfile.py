@@ -40,6 +40,7 @@ SPOOL_PREFIX = "uwsgi_spoolfile_on_"
 QUARANTINE_DIR = "quarantine"
 _TMP_PREFIX = ".spoolkit-tmp-"
 _HEADER = struct.Struct("<BHB")
+HEADER_SIZE = _HEADER.size
 _LENGTH = struct.Struct("<H")
 MODIFIER_SPOOL = 17
 MAX_PACKET = 0xFFFF
@@ -93,10 +94,18 @@ def decode_file(data: bytes) -> tuple[dict[bytes, bytes], bytes]:
     return unpack_vars(packet), data[_HEADER.size + size :]
 
 
+OWN_PREFIX = f"{SPOOL_PREFIX}spoolkit_"
+
+
 def spool_file_name(job_id: str, now: float | None = None) -> str:
     """A unique name that sorts by creation time and shows the job id to an operator."""
     stamp = int((time.time() if now is None else now) * 1_000_000)
-    return f"{SPOOL_PREFIX}spoolkit_{stamp:017d}_{job_id}"
+    return f"{OWN_PREFIX}{stamp:017d}_{job_id}"
+
+
+def is_own_file(relative: str) -> bool:
+    """Written by the kit (atomically), as opposed to uwsgi.spool() or anyone else."""
+    return os.path.basename(relative).startswith(OWN_PREFIX)
 
 
 @dataclass
@@ -198,20 +207,58 @@ class SpoolDirectory:
             return None
         return target
 
-    def iter_files(self) -> list[str]:
-        """Relative paths of every job file, in the top directory and priority subdirectories."""
-        found: list[str] = []
+    def entries(self) -> dict[str, os.stat_result]:
+        """``lstat`` of every job file by relative path, priority subdirectories included."""
+        found: dict[str, os.stat_result] = {}
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
             return found
         for entry in entries:
             if entry.name.startswith(SPOOL_PREFIX):
-                found.append(entry.name)
+                with contextlib.suppress(FileNotFoundError):
+                    found[entry.name] = entry.stat(follow_symlinks=False)
             elif entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
-                found += [
-                    os.path.join(entry.name, sub)
-                    for sub in os.listdir(entry.path)
-                    if sub.startswith(SPOOL_PREFIX)
-                ]
+                with contextlib.suppress(FileNotFoundError), os.scandir(entry.path) as inner:
+                    for sub in inner:
+                        if sub.name.startswith(SPOOL_PREFIX):
+                            relative = os.path.join(entry.name, sub.name)
+                            with contextlib.suppress(FileNotFoundError):
+                                found[relative] = sub.stat(follow_symlinks=False)
         return found
+
+    def is_torn(self, relative: str, info: os.stat_result) -> bool:
+        """Shorter than uWSGI's 4-byte header, or than the packet its header announces.
+
+        uWSGI mishandles both: it skips the first kind on every scan forever,
+        and removes the second kind with a race (core/spooler.c closes the
+        file, dropping its lock, before unlinking it; a second spooler can
+        unlink it first, and the first then exits).
+        """
+        if info.st_size < HEADER_SIZE:
+            return True
+        try:
+            with open(self.absolute(relative), "rb") as spool_file:
+                header = spool_file.read(HEADER_SIZE)
+        except FileNotFoundError:
+            return False
+        if len(header) < HEADER_SIZE:
+            return True
+        _, packet_size, _ = _HEADER.unpack(header)
+        return bool(info.st_size < HEADER_SIZE + packet_size)
+
+    def set_aside_torn(self, relative: str) -> str | None:
+        """Move a file shorter than uWSGI's 4-byte header to the quarantine.
+
+        uWSGI skips such a file on every scan and never removes it (it only
+        unlinks files whose header it could read), so a job behind it would
+        wait forever. The kit's own writes are atomic, so only a crash of the
+        machine (or a foreign writer) leaves one; removing it is safe because
+        a spooler closes such a file as soon as it has read it.
+        """
+        path = self.absolute(relative)
+        kept = self.quarantine(os.path.dirname(path), os.path.basename(path))
+        if kept is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return kept

@@ -207,11 +207,18 @@ def test_spool_directory_writes_atomically_with_mtime(tmp_path: Path) -> None:
     directory.write("uwsgi_spoolfile_on_x", {b"k": b"other"}, b"", at)
     assert decode_file(target.read_bytes())[0] == {b"k": b"v"}
     directory.write("07/uwsgi_spoolfile_on_y", {b"k": b"v"}, b"", at)
-    assert sorted(directory.iter_files()) == ["07/uwsgi_spoolfile_on_y", "uwsgi_spoolfile_on_x"]
+    entries = directory.entries()
+    assert sorted(entries) == ["07/uwsgi_spoolfile_on_y", "uwsgi_spoolfile_on_x"]
+    assert entries["uwsgi_spoolfile_on_x"].st_size == len(encode_file({b"k": b"v"}, b"B"))
     assert len(woken) == 3
     assert directory.quarantine(str(tmp_path / "jobs"), "uwsgi_spoolfile_on_x") is not None
     assert (tmp_path / "jobs" / "quarantine" / "uwsgi_spoolfile_on_x").exists()
     assert target.exists()  # the original is uWSGI's to unlink
+    torn = tmp_path / "jobs" / "07" / "uwsgi_spoolfile_on_y"
+    torn.write_bytes(b"\x11\x00")
+    assert directory.set_aside_torn("07/uwsgi_spoolfile_on_y") is not None
+    assert not torn.exists()
+    assert (tmp_path / "jobs" / "quarantine" / "uwsgi_spoolfile_on_y").read_bytes() == b"\x11\x00"
 
 
 # -- states and the claim decision -----------------------------------------------------
