@@ -13,11 +13,11 @@ import os
 import re
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 import tasks
-from spoolkit import SpoolKit, accepted
+from spoolkit import SpoolKit, accepted, json_http_error
 
 SCRIPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TEXTS = 1000
@@ -39,11 +39,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config or {})
     SpoolKit(app)
 
-    @app.errorhandler(HTTPException)
-    def json_error(exc: HTTPException) -> Response:
-        response = jsonify({"error": exc.description or exc.name})
-        response.status_code = exc.code or 500
-        return response
+    # Every HTTP error as JSON, the /jobs API's and the app's own routes' alike.
+    app.register_error_handler(HTTPException, json_http_error)
 
     @app.post("/render/<script_id>")
     def render(script_id: str) -> Any:

@@ -1,6 +1,6 @@
 """spoolkit: background jobs for Flask on uWSGI spoolers: ids, status, retries, scheduling."""
 
-from .api import accepted
+from .api import accepted, json_http_error
 from .context import current_job
 from .errors import (
     ConfigurationError,
@@ -30,6 +30,7 @@ __all__ = [
     "Retry",
     "RetryPolicy",
     "accepted",
+    "json_http_error",
     # jobs
     "Job",
     "JobState",

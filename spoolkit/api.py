@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from . import runtime
 from .errors import (
     ConfigurationError,
     EncodeError,
@@ -24,13 +25,13 @@ from .errors import (
     TaskNotFound,
 )
 from .job import Job
+from .openapi import MAX_LIST_LIMIT, openapi_spec
 from .service import current_service
 from .states import JobState
 
 blueprint = Blueprint("spoolkit", __name__, url_prefix="/jobs")
 
 _CREATE_FIELDS = {"task", "args", "kwargs", "at", "countdown", "priority", "max_attempts"}
-MAX_LIST_LIMIT = 1000
 
 
 def error(status: int, message: str, **headers: str) -> Response:
@@ -44,6 +45,21 @@ def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
     """``202 Accepted`` with ``Location: /jobs/<id>`` and the job as JSON: return it from a view."""
     location = url_for("spoolkit.get_job", job_id=job.id)
     return job.to_dict(), 202, {"Location": location}
+
+
+def refuse_truncated_request() -> Response | None:
+    """Refuse a request uWSGI passed on with its query string dropped.
+
+    When a request's variables do not fit uWSGI's ``buffer-size``, uWSGI logs
+    "unable to add QUERY_STRING" and still calls the app without it, so the
+    app would answer a different request (``/jobs?state=failed`` read as
+    ``/jobs``). uWSGI's HTTP parser (proto/http.c) and nginx's uwsgi_params
+    always set ``QUERY_STRING``, empty when there is no query: its absence
+    under uWSGI means it was dropped. The extension registers this app-wide.
+    """
+    if "QUERY_STRING" not in request.environ and runtime.uwsgi_module() is not None:
+        return error(414, "request too long for uWSGI's buffer-size (raise it in uwsgi.ini)")
+    return None
 
 
 @blueprint.before_request
@@ -63,9 +79,21 @@ def guard() -> Response | None:
     return None
 
 
-@blueprint.errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> Response:
-    return error(exc.code or 500, exc.description or exc.name)
+def json_http_error(exc: HTTPException) -> Response:
+    """An HTTP error as ``{"error": ...}``, keeping its headers (``Allow`` on a 405).
+
+    The blueprint uses it; register it app-wide too, so routing errors
+    (unknown URL, wrong method) are JSON: ``app.register_error_handler(HTTPException,
+    json_http_error)``.
+    """
+    response = error(exc.code or 500, exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+blueprint.register_error_handler(HTTPException, json_http_error)
 
 
 @blueprint.errorhandler(StoreUnavailable)
@@ -117,9 +145,14 @@ def create_job() -> Any:
 
 @blueprint.get("")
 def list_jobs() -> Any:
+    repeated = sorted(
+        name for name in ("state", "task", "limit") if len(request.args.getlist(name)) > 1
+    )
+    if repeated:
+        return error(422, f"give each query parameter once: {', '.join(repeated)}")
     state_name = request.args.get("state")
     try:
-        state = JobState(state_name) if state_name else None
+        state = JobState(state_name) if state_name is not None else None
     except ValueError:
         choices = ", ".join(s.value for s in JobState)
         return error(422, f"state must be one of {choices}")
@@ -127,9 +160,15 @@ def list_jobs() -> Any:
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
         return error(422, f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
     jobs = current_service().list_jobs(
-        state=state, task=request.args.get("task") or None, limit=int(limit_text)
+        state=state, task=request.args.get("task"), limit=int(limit_text)
     )
     return {"jobs": [job.to_dict() for job in jobs]}
+
+
+@blueprint.get("/openapi.json")
+def openapi_document() -> Any:
+    """This API's OpenAPI 3 description."""
+    return openapi_spec()
 
 
 @blueprint.get("/<job_id>")
