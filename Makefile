@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint typecheck pytest system-deps clean
+.PHONY: run test check lint typecheck pytest system-deps soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ typecheck: $(VENV)/.dev-installed
 
 pytest: $(VENV)/.dev-installed system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long fault, load and fuzz runs (about 15 minutes); figures in soak-report.jsonl,
+# written up in docs/reliability.md.
+soak: $(VENV)/.dev-installed system-deps
+	rm -f soak-report.jsonl
+	SPOOLKIT_SOAK=1 SPOOLKIT_REPORT=$(CURDIR)/soak-report.jsonl $(BIN)/pytest -s --timeout 3600 \
+		tests/test_faults.py tests/test_load.py tests/test_hostile_input.py tests/test_e2e_crashes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

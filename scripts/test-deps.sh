@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: nginx (in front of uWSGI),
-# systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config).
+# systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config),
+# wrk (the load test).
 # Installs only what is missing; called by `make test`.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ have nginx || need+=(nginx)
 have systemd-analyze || need+=(systemd)
 have shellcheck || need+=(shellcheck)
 have logrotate || need+=(logrotate)
+have wrk || need+=(wrk)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

@@ -128,3 +128,17 @@ def slow_flaky(tag: str, failures: int) -> int:
     if runs <= failures:
         raise RuntimeError(f"failure {runs} of {failures}")
     return runs
+
+
+@spool(max_attempts=10, backoff=0)
+def storm(tag: str, seconds: float) -> str:
+    """One line per run (O_APPEND, no re-read), then a short nap: the kill storm's job."""
+    line = json.dumps({"job": current_job.id, "pid": os.getpid(), "time": time.time()}) + "\n"
+    fd = os.open(os.path.join(os.environ["SPOOLKIT_TEST_DIR"], f"{tag}.jsonl"),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # fmt: skip
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return tag

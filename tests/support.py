@@ -93,8 +93,11 @@ class UwsgiServer:
     """A real uWSGI. By default ``uwsgi.ini`` over HTTP; with ``ini=`` the
     production overlay, reached through its uwsgi-protocol unix socket."""
 
-    def __init__(self, base: Path, ini: Path | None = None, **env: str) -> None:
+    def __init__(
+        self, base: Path, ini: Path | None = None, extra_args: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.base = base
+        self.extra_args = extra_args
         self.ini = ini or REPO / "uwsgi.ini"
         self.socket_path = base / "uwsgi.sock" if ini is not None else None
         self.port = free_port()
@@ -145,7 +148,7 @@ class UwsgiServer:
         log.write(f"\n===== start {self.generation} =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [str(UWSGI), "--ini", str(self.ini)],
+            [str(UWSGI), "--ini", str(self.ini), *self.extra_args],
             cwd=str(REPO),
             env=self.env(),
             stdout=log,
@@ -306,9 +309,19 @@ class UwsgiServer:
             if "quarantine" not in path.parts
         )
 
+    def spool_files_by_job(self) -> dict[str, Path]:
+        """The kit's own spool files by job id (name: ``..._spoolkit_<17-digit time>_<id>``)."""
+        from spoolkit.spoolfile import OWN_PREFIX
+
+        skip = len(OWN_PREFIX) + 18
+        return {
+            path.name[skip:]: path
+            for path in self.spool_files()
+            if path.name.startswith(OWN_PREFIX)
+        }
+
     def spool_file_of(self, job_id: str) -> Path | None:
-        matches = [path for path in self.spool_files() if path.name.endswith(job_id)]
-        return matches[0] if matches else None
+        return self.spool_files_by_job().get(job_id)
 
 
 def uwsgi_request(socket_path: Path, method: str, path: str, body: bytes = b"") -> Response:

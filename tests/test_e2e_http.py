@@ -55,6 +55,39 @@ def test_malformed_json_is_400(server: UwsgiServer) -> None:
     assert response.json() == {"error": "request body is not valid JSON"}
 
 
+def test_chunked_body_is_not_read(server: UwsgiServer) -> None:
+    import socket
+
+    body = b'{"task": "tests.jobs.add", "args": [1, 2]}'
+    request = (
+        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}".encode()
+        + b"\r\n"
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"not valid JSON" in answer
+
+
+def test_query_string_uwsgi_could_not_fit_is_refused_not_dropped(tmp_path: Path) -> None:
+    # Just over buffer-size, uWSGI drops QUERY_STRING and still calls the app
+    # (further over, it drops the whole request and answers nothing).
+    with UwsgiServer(tmp_path, extra_args=("--buffer-size", "4096")) as server:
+        response = server.get("/jobs?state=failed&task=" + "x" * 3500)
+        assert response.status == 414
+        assert "buffer-size" in response.json()["error"]
+        assert server.get("/jobs?state=failed&task=x").status == 200
+
+
+def test_long_query_strings_fit_the_default_buffer(server: UwsgiServer) -> None:
+    assert server.get("/jobs?state=failed&task=" + "x" * 30_000).status == 200
+
+
 def test_unknown_job_is_404(server: UwsgiServer) -> None:
     for method, path in (("GET", "/jobs/unknown"), ("POST", "/jobs/unknown/retry")):
         response = server.request(method, path)
@@ -67,6 +100,8 @@ def test_list_validates_its_query(server: UwsgiServer) -> None:
     assert server.get("/jobs?limit=0").status == 422
     assert server.get("/jobs?limit=abc").status == 422
     assert server.get("/jobs?limit=1001").status == 422
+    assert server.get("/jobs?limit=5&limit=abc").status == 422
+    assert server.get("/jobs?state=queued&state=lost").status == 422
     assert server.get("/jobs?limit=1").status == 200
 
 

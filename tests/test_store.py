@@ -181,3 +181,14 @@ def test_store_errors_are_named(tmp_path: Path) -> None:
         broken.ping()
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore(str(directory / "x.db"), synchronous="sometimes")
+
+
+def test_commits_are_durable_by_default(tmp_path: Path) -> None:
+    """202 promises the row survives a power cut: SQLite synchronous=FULL in WAL mode."""
+    store = SQLiteStore(str(tmp_path / "jobs.db"))
+    store.setup()
+    conn = store._connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    relaxed = SQLiteStore(str(tmp_path / "jobs.db"), synchronous="normal")
+    assert relaxed._connection().execute("PRAGMA synchronous").fetchone()[0] == 1

@@ -1,0 +1,363 @@
+"""Trying to break "a job answered 202 runs, or ends visibly failed" with real faults.
+
+Short versions run in `make test`; `make soak` (SPOOLKIT_SOAK=1) runs the
+long ones and appends a summary line per test to $SPOOLKIT_REPORT.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoolkit.spoolfile import decode_file, encode_file
+
+from .support import UwsgiServer, descendants, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SOAK = os.environ.get("SPOOLKIT_SOAK") == "1"
+
+
+def report(name: str, **figures: Any) -> None:
+    """Print a summary line; in a soak run also append it to $SPOOLKIT_REPORT."""
+    line = json.dumps({"test": name, "soak": SOAK, **figures})
+    print(line)
+    if os.environ.get("SPOOLKIT_REPORT"):
+        with open(os.environ["SPOOLKIT_REPORT"], "a", encoding="utf-8") as out:
+            out.write(line + "\n")
+
+
+def _all_succeeded(server: UwsgiServer, ids: list[str], timeout: float) -> None:
+    wanted = set(ids)
+
+    def done() -> bool:
+        jobs = server.get("/jobs?limit=1000&state=succeeded").json()["jobs"]
+        if len(wanted) <= 1000:
+            return wanted <= {job["id"] for job in jobs}
+        return server.get("/healthz").json()["jobs"]["succeeded"] >= len(wanted)
+
+    wait_for(done, timeout, f"{len(ids)} jobs to succeed", interval=0.5)
+    for job_id in random.sample(ids, min(len(ids), 200)):
+        assert server.job(job_id)["state"] == "succeeded"
+
+
+# -- torn spool files ------------------------------------------------------------------------
+
+
+def _offsets(length: int, packet_end: int) -> list[int]:
+    """Every offset in header and packet; in a body its edges and a sample of the
+    middle (every 8th byte in a soak run, 24 otherwise)."""
+    if length <= packet_end + 64:
+        return list(range(length))
+    body = range(packet_end + 32, length - 32)
+    middle = body[::8] if SOAK else random.Random(7).sample(body, 24)
+    return sorted({*range(packet_end + 32), *middle, *range(length - 32, length)})
+
+
+@pytest.mark.parametrize("payload", ["small", "body"])
+def test_spool_file_torn_at_every_offset_is_recovered(tmp_path: Path, payload: str) -> None:
+    """A power cut can leave any prefix of a spool file (no fsync, ext4 without journal)."""
+    arg = "x" * (40_000 if payload == "body" else 10)
+    server = UwsgiServer(tmp_path)
+    with server:
+        probe = server.enqueue("echo", arg, countdown=600)
+        probe_file = server.spool_file_of(probe)
+        assert probe_file is not None
+        data = probe_file.read_bytes()
+        packet_end = 4 + int.from_bytes(data[1:3], "little")
+        offsets = _offsets(len(data), packet_end)
+        # Due once the last is queued (about 5 ms each), not before the "power cut".
+        countdown = 2 + 0.01 * len(offsets)
+        ids = [server.enqueue("echo", arg, countdown=countdown) for _ in offsets]
+        server.kill_tree()  # the power cut
+    files = server.spool_files_by_job()
+    for job_id, offset in zip(ids, offsets, strict=True):
+        path = files[job_id]
+        mtime = path.stat().st_mtime
+        assert path.stat().st_size == len(data)
+        path.write_bytes(path.read_bytes()[:offset])
+        os.utime(path, (mtime, mtime))
+    with server:
+        pids = set(server.spooler_pids())
+        _all_succeeded(server, ids, timeout=120 + countdown)
+        assert set(server.spooler_pids()) == pids, "a spooler died"
+        assert "something horrible happened to the spooler" not in server.log_text()
+        assert server.spool_files() == [server.spool_file_of(probe)]
+        for job_id in random.sample(ids, min(len(ids), 50)):
+            assert server.job(job_id)["attempts"] == 1
+        quarantined = len(list((server.spool_dir / "quarantine").iterdir()))
+        report(f"torn-{payload}", files=len(ids), length=len(data), quarantined=quarantined,
+               lost=0, spooler_deaths=0)  # fmt: skip
+
+
+# -- kill storm ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def killing_spoolers(server: UwsgiServer, every: float) -> Iterator[list[int]]:
+    """SIGKILL a random spooler every ``every`` seconds until the block ends."""
+    killed: list[int] = []
+    stop = threading.Event()
+    rng = random.Random(1)
+
+    def storm() -> None:
+        while not stop.wait(every):
+            pids = server.spooler_pids() if server.process else []
+            if pids:
+                victim = rng.choice(pids)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(victim)
+
+    thread = threading.Thread(target=storm, daemon=True)
+    thread.start()
+    try:
+        yield killed
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_kill_storm_loses_nothing(tmp_path: Path) -> None:
+    count = 2000 if SOAK else 400
+    with UwsgiServer(tmp_path) as server:
+        ids = [server.enqueue("storm", "storm", 0.01) for _ in range(count)]
+        with killing_spoolers(server, every=0.15) as killed:
+            # Halfway, the master dies too (kill -9); like systemd's cgroup
+            # kill, whatever it leaves behind goes, then it starts again.
+            wait_for(lambda: server.get("/healthz").json()["jobs"]["succeeded"] >= count // 2,
+                     120, "half the jobs")  # fmt: skip
+            family = descendants(server.pid)
+            os.kill(server.pid, signal.SIGKILL)
+            assert server.process is not None
+            server.process.wait(10)
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            server.process = None
+            server.start()
+            _all_succeeded(server, ids, timeout=300)
+        assert server.get("/jobs?state=running").json()["jobs"] == []
+        assert server.get("/jobs?state=failed").json()["jobs"] == []
+        runs = collections.Counter(json.loads(line)["job"] for line in
+                                   (server.records / "storm.jsonl").read_text().splitlines())  # fmt: skip
+        assert set(runs) == set(ids)
+        duplicates = sum(n - 1 for n in runs.values())
+        attempts = collections.Counter(server.job(job_id)["attempts"] for job_id in ids)
+        report("kill-storm", jobs=count, spooler_kills=len(killed), master_kills=1, lost=0,
+               duplicate_runs=duplicates, attempts=dict(sorted(attempts.items())))  # fmt: skip
+        assert duplicates <= len(killed) + 2 * 2  # one per kill, plus the master's spoolers
+
+
+# -- disk full -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real filesystem that really fills up (needs root, as CI has)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full test mounts a tmpfs and needs root (CI runs as root)")
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)], check=True
+    )
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
+def test_disk_full_answers_507_leaves_nothing_half_done_and_recovers(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    with UwsgiServer(tmp_path / "srv", SPOOLKIT_SPOOL_DIR=str(small_disk / "jobs")) as server:
+        waiting = server.enqueue("mark", "before-full", countdown=2)
+        filler = _fill(small_disk)
+        before = server.get("/jobs?limit=1000").json()["jobs"]
+        refused = [
+            server.post("/jobs", {"task": "tests.jobs.echo", "args": ["x" * 20_000]})
+            for _ in range(5)
+        ]
+        assert {answer.status for answer in refused} == {507}
+        assert all("No space left" in answer.json()["error"] for answer in refused)
+        assert refused[0].headers["Retry-After"] == "30"
+        assert server.get("/jobs?limit=1000").json()["jobs"] == before  # no orphan row
+        leftovers = [
+            p.name for p in (small_disk / "jobs").iterdir() if p.name.startswith(".spoolkit-tmp")
+        ]
+        assert leftovers == []  # no half-written file
+        # What was accepted before the disk filled still runs (running needs no space).
+        assert server.wait_job(waiting, timeout=20)["state"] == "succeeded"
+        filler.unlink()
+        assert server.wait_job(server.enqueue("echo", "x" * 20_000))["state"] == "succeeded"
+
+
+# -- store trouble ---------------------------------------------------------------------------
+
+
+def test_store_locked_while_jobs_run(tmp_path: Path) -> None:
+    with UwsgiServer(tmp_path, SPOOLKIT_STORE_TIMEOUT="0.5") as server:
+        pids = set(server.spooler_pids())
+        running = [server.enqueue("sleeper", f"locked-{i}", 1.0) for i in range(2)]
+        for job_id in running:
+            server.wait_job(job_id, states={"running"})
+        waiting = server.enqueue("mark", "locked-waiting", countdown=1.5)
+        lock = sqlite3.connect(server.database, timeout=5, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            refused = server.post("/jobs", {"task": "tests.jobs.add", "args": [1, 1]})
+            assert refused.status == 503
+            assert "job store unavailable" in refused.json()["error"]
+            assert refused.headers["Retry-After"] == "5"
+            # The running jobs end while the store is locked, and keep trying to record it.
+            wait_for(lambda: len(server.records_of("locked-0")) == 2, 10, "job 0 to end")
+            time.sleep(
+                max(0.0, 4 - (time.monotonic() - started))
+            )  # hold the lock 4 s: the fault itself
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        for job_id in [*running, waiting]:
+            job = server.wait_job(job_id, timeout=30)
+            assert job["state"] == "succeeded", job
+            assert job["attempts"] == 1
+        assert len(server.records_of("locked-waiting")) == 1
+        assert set(server.spooler_pids()) == pids, "a spooler died"
+        assert "job store unavailable, will keep trying" in server.log_text()
+        assert server.get("/healthz").status == 200
+
+
+# -- hostile spool files ---------------------------------------------------------------------
+
+
+def _mutations(seed: bytes, rng: random.Random, count: int, framed: bool) -> Iterator[bytes]:
+    """Random edits of a real spool file. ``framed`` keeps the header and every
+    length field valid (only bytes inside values change): what reaches Python."""
+    packet, body = decode_file(seed)
+    for _ in range(count):
+        if framed:
+            entries = {}
+            for key, value in packet.items():
+                mutable = bytearray(value)
+                for _ in range(rng.randint(0, 3)):
+                    if mutable:
+                        mutable[rng.randrange(len(mutable))] = rng.randrange(256)
+                entries[key] = bytes(mutable)
+            yield encode_file(entries, body)
+            continue
+        data = bytearray(seed)
+        for _ in range(rng.randint(1, 8)):
+            choice = rng.random()
+            position = rng.randrange(len(data)) if data else 0
+            if choice < 0.4 and data:
+                data[position] = rng.randrange(256)
+            elif choice < 0.6:
+                data.insert(position, rng.randrange(256))
+            elif choice < 0.8 and data:
+                del data[position]
+            else:
+                data = data[: rng.randrange(len(data) + 1)]
+        yield bytes(data)
+
+
+def _attacks(seed: bytes, canary: Path) -> list[bytes]:
+    import pickle
+
+    class Evil:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {canary}",))
+
+    evil = pickle.dumps(Evil())
+    packet, body = decode_file(seed)
+    return [
+        encode_file({**packet, b"payload": evil}, body),  # a pickle where JSON belongs
+        encode_file({**packet, b"task": b"os.system"}, body),  # a task name that is not registered
+        encode_file({**packet, b"job": b"../../../../etc/passwd"}, body),
+        evil,  # not even a spool file
+    ]
+
+
+def _drop(server: UwsgiServer, files: list[bytes]) -> None:
+    for i, data in enumerate(files):
+        path = server.spool_dir / f".drop-{i}"
+        path.write_bytes(data)
+        os.rename(path, server.spool_dir / f"uwsgi_spoolfile_on_fuzz_{i:05d}")
+
+
+def _fuzz_files_left(server: UwsgiServer) -> list[Path]:
+    return [path for path in server.spool_files() if "fuzz" in path.name]
+
+
+def test_hostile_spool_files_never_run_or_crash_a_spooler(tmp_path: Path) -> None:
+    count = 2000 if SOAK else 200
+    canary = tmp_path / "pwned"
+    rng = random.Random(3)
+    server = UwsgiServer(tmp_path / "srv")
+    with server:
+        seed_id = server.enqueue("echo", "seed", countdown=600)
+        seed_file = server.spool_file_of(seed_id)
+        assert seed_file is not None
+        seed = seed_file.read_bytes()
+        # 1. Well-framed files (what reaches the kit's decoder) into a live spool.
+        framed = [*_attacks(seed, canary)[:3], *_mutations(seed, rng, count, framed=True)]
+        pids = set(server.spooler_pids())
+        _drop(server, framed)
+        wait_for(lambda: not _fuzz_files_left(server), 120, "every framed hostile file")
+        assert set(server.spooler_pids()) == pids, "a spooler died"
+    # 2. Any bytes at all, present when the server starts (as after a crash).
+    anything = [_attacks(seed, canary)[3], *_mutations(seed, rng, count, framed=False)]
+    _drop(server, anything)
+    with server:
+        pids = set(server.spooler_pids())
+        wait_for(lambda: not _fuzz_files_left(server), 120, "every hostile file")
+        assert set(server.spooler_pids()) == pids, "a spooler died"
+        assert "something horrible happened to the spooler" not in server.log_text()
+        assert not canary.exists()
+        assert server.get("/healthz").status == 200
+        assert server.job(seed_id)["state"] == "scheduled"  # untouched by look-alike files
+        assert server.wait_job(server.enqueue("add", 2, 2))["result"] == 4
+        quarantined = len(list((server.spool_dir / "quarantine").iterdir()))
+    report("hostile-spool-files", files=len(framed) + len(anything), quarantined=quarantined,
+           dropped=len(framed) + len(anything) - quarantined, executed=0, spooler_deaths=0)  # fmt: skip
+
+
+def test_torn_foreign_file_in_a_live_spool_costs_at_most_a_respawn(tmp_path: Path) -> None:
+    """uWSGI's own race (core/spooler.c): documented, measured, never a lost job."""
+    rng = random.Random(5)
+    with UwsgiServer(tmp_path) as server:
+        seed_id = server.enqueue("echo", "seed", countdown=600)
+        seed_file = server.spool_file_of(seed_id)
+        assert seed_file is not None
+        seed = seed_file.read_bytes()
+        torn = [seed[: rng.randrange(4, len(seed))] for _ in range(100)]
+        healthy = [server.enqueue("add", i, i) for i in range(20)]
+        _drop(server, torn)
+        wait_for(lambda: not _fuzz_files_left(server), 60, "every torn file")
+        for i, job_id in enumerate(healthy):
+            assert server.wait_job(job_id)["result"] == 2 * i
+        wait_for(lambda: server.get("/healthz").status == 200, 30, "spoolers back")
+        respawns = server.log_text().count("something horrible happened to the spooler")
+        report("torn-foreign-live", files=len(torn), spooler_respawns=respawns, lost=0)
