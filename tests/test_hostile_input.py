@@ -65,7 +65,7 @@ def test_schemathesis_finds_no_5xx_and_only_json_errors(tmp_path: Path) -> None:
              "--checks", "all", "--exclude-checks", "positive_data_acceptance",
              "--max-examples", str(examples), "--seed", "7", "--workers", "1",
              "--request-timeout", "20"],
-            capture_output=True, text=True, check=False, timeout=900,
+            capture_output=True, text=True, check=False, timeout=900, cwd=tmp_path,
             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SCHEMATHESIS_TELEMETRY": "false"},
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-6000:]
