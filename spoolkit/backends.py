@@ -87,7 +87,7 @@ class SpoolerBackend:
 
     def release(self, job: Job) -> None:
         if job.spool_file and not job.spool_file.startswith("local:"):
-            self.directory.set_mtime(job.spool_file, int(time.time()))
+            self.directory.set_mtime(job.spool_file, spool_mtime(None, time.time()))
             self.directory.wake()
 
     def check_priority(self) -> None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .backends import SpoolerBackend
 from .encoding import from_spool_dict
 from .errors import DecodeError, StoreUnavailable
 from .schedule import spool_mtime
@@ -61,8 +62,15 @@ def _dispatch(service: JobService, spool: Mapping[Any, Any], name: str, director
         envelope = from_spool_dict(spool)
     except DecodeError as exc:
         return _quarantine(service, directory, name, str(exc))
+    backend = service.backend
+    # The row names the file by its path under the spool directory ("07/..." for priority 7).
+    token = (
+        backend.directory.relative_of(directory, name)
+        if isinstance(backend, SpoolerBackend)
+        else name
+    )
     step = service.worker.process(
-        envelope.job_id, name, envelope.task, envelope.args, envelope.kwargs
+        envelope.job_id, token, envelope.task, envelope.args, envelope.kwargs
     )
     if step.verdict is Verdict.QUARANTINE:
         return _quarantine(service, directory, name, step.reason)
@@ -85,8 +93,11 @@ def _postpone(service: JobService, directory: str, name: str, at: float) -> None
 
 def _quarantine(service: JobService, directory: str, name: str, reason: str) -> int:
     backend = service.backend
-    spool_dir = getattr(backend, "directory", None)
-    kept = spool_dir.quarantine(directory, name) if spool_dir is not None else None
+    kept = (
+        backend.directory.quarantine(directory, name)
+        if isinstance(backend, SpoolerBackend)
+        else None
+    )
     if kept is None:
         # Could not keep a copy: do not destroy the only one. Park it for a day.
         log.error(

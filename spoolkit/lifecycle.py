@@ -34,19 +34,22 @@ class ClaimAction(StrEnum):
 
 def decide_claim(
     job: Job | None,
-    file_name: str,
+    token: str,
     instance: str,
     now: float,
     is_alive: Callable[[int], bool],
 ) -> ClaimAction:
-    """Decide what to do with spool file ``file_name`` that names ``job``.
+    """Decide what to do with a delivery of ``job`` through ``token``.
+
+    ``token`` is the spool file's path relative to the spool directory (or
+    the marker of a local-mode delivery); the job's row must name it.
 
     ``instance`` identifies the running uWSGI instance (see runtime.py);
     ``is_alive(pid)`` says whether a spooler of this instance is alive.
     """
     if job is None:
         return ClaimAction.UNKNOWN
-    if job.spool_file is None or os.path.basename(job.spool_file) != file_name:
+    if job.spool_file is None or job.spool_file != token:
         return ClaimAction.DISCARD
     if job.state in FINISHED:
         return ClaimAction.DISCARD

@@ -90,9 +90,16 @@ def validate_priority(priority: object) -> int | None:
 
 
 def spool_mtime(run_at: float | None, now: float) -> int:
-    """The whole second to stamp on a spool file: ``ceil(run_at)``, or now."""
+    """The whole second to stamp on a spool file: ``ceil(run_at)``, or a second ago.
+
+    A job to run now is stamped one second in the past, not ``int(now)``:
+    uWSGI compares the mtime with ``time(NULL)``, which reads the kernel's
+    coarse clock and lags ``time.time()`` by a few milliseconds after each
+    second turns. A file stamped with the new second would look "in the
+    future" to a scan in that window and wait a whole ``spooler-frequency``.
+    """
     if run_at is None or run_at <= now:
-        return int(now)
+        return int(now) - 1
     return math.ceil(run_at)
 
 

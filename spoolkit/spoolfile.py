@@ -1,10 +1,9 @@
 """The spool directory on disk: writing job files the way uWSGI reads them.
 
-The kit writes spool files itself instead of calling ``uwsgi.spool()``, so
-that (1) a spooler never sees half a file: the content goes to a temporary
-name that uWSGI ignores and is then hard-linked under its final name, and
-(2) the file can be written from any process (a web worker, the
-housekeeping mule, a CLI). Spool files are not fsynced: the store row,
+The kit writes spool files itself, with uWSGI's own protocol (see
+``SpoolDirectory.write``), instead of calling ``uwsgi.spool()``, so that the
+file can be written from any process (a web worker, the housekeeping mule),
+with the kit's envelope, and with every spooler woken. Spool files are not fsynced: the store row,
 committed first with ``synchronous=FULL``, is the durable record, and the
 housekeeper writes a lost or torn file again from it. The format is uWSGI's: a 4-byte header
 (modifier1 17, little-endian packet size, modifier2 0), the packet of
@@ -25,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import struct
@@ -38,7 +38,6 @@ log = logging.getLogger("spoolkit.spool")
 
 SPOOL_PREFIX = "uwsgi_spoolfile_on_"
 QUARANTINE_DIR = "quarantine"
-_TMP_PREFIX = ".spoolkit-tmp-"
 _HEADER = struct.Struct("<BHB")
 HEADER_SIZE = _HEADER.size
 _LENGTH = struct.Struct("<H")
@@ -136,6 +135,23 @@ class SpoolDirectory:
     def absolute(self, relative: str) -> str:
         return os.path.join(self.path, relative)
 
+    def relative_of(self, directory: str, name: str) -> str:
+        """Path of file ``name`` found in ``directory``, relative to the spool directory.
+
+        uWSGI runs a job with the spool (or priority) directory as working
+        directory; if that is not so (``spooler-chdir`` is set), look the file up.
+        """
+        relative = os.path.relpath(os.path.join(directory, name), self.path)
+        if not relative.startswith(".."):
+            return relative
+        for candidate in [
+            name,
+            *(os.path.join(d, name) for d in os.listdir(self.path) if d.isdigit()),
+        ]:
+            if os.path.lexists(self.absolute(candidate)):
+                return candidate
+        return name
+
     def relative_name(self, name: str, priority: int | None) -> str:
         return name if priority is None else os.path.join(f"{priority:02d}", name)
 
@@ -146,34 +162,40 @@ class SpoolDirectory:
         body: bytes,
         mtime: int,
     ) -> None:
-        """Put a job file at ``relative`` atomically; an existing file is left alone.
+        """Create the job file at ``relative`` the way uWSGI's own writer does.
 
-        Raises :class:`SpoolWriteError` (disk full, permissions) after
-        removing anything half-written.
+        ``O_EXCL``, then a write lock (fcntl) held while the content and the
+        mtime are written: a spooler that opens the file before it is complete
+        finds it locked or empty and skips it until its next scan. One
+        directory operation per job (a temporary name plus a link would be
+        three, and creating entries is what costs most on ext4). An existing
+        file is left alone: it is the same job, spooled concurrently. A failed
+        write (disk full) removes the file and raises :class:`SpoolWriteError`.
         """
         target = self.absolute(relative)
         directory = os.path.dirname(target)
-        tmp = os.path.join(directory, f"{_TMP_PREFIX}{os.path.basename(target)}.{os.getpid()}")
         data = encode_file(entries, body)
         try:
             if directory != self.path:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
                 os.utime(fd, (mtime, mtime))
+            except OSError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+                raise
             finally:
-                os.close(fd)
-            # An existing file is the same job already spooled (a concurrent respool).
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, target)
+                os.close(fd)  # releases the lock
         except OSError as exc:
             raise SpoolWriteError(f"cannot write spool file {target}: {exc.strerror}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
         self.wake()
 
     def exists(self, relative: str) -> bool:

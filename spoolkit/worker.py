@@ -77,16 +77,17 @@ class Worker:
         return self._instance[1]
 
     def process(
-        self, job_id: str, file_name: str, task_name: str, args: list[Any], kwargs: dict[str, Any]
+        self, job_id: str, token: str, task_name: str, args: list[Any], kwargs: dict[str, Any]
     ) -> Step:
-        """Handle one delivery of a job (a spool file, or a local queue entry)."""
+        """Handle one delivery of a job: ``token`` is the spool file's path relative to
+        the spool directory, or the marker of a local-mode delivery."""
         store = self.service.store
         now = time.time()
-        action, job = store.claim(job_id, file_name, self.instance, os.getpid(), now, self._alive)
+        action, job = store.claim(job_id, token, self.instance, os.getpid(), now, self._alive)
         if action is ClaimAction.UNKNOWN or job is None:
             return Step(Verdict.QUARANTINE, reason=f"no job {job_id} in the store")
         if action is ClaimAction.DISCARD:
-            log.debug("job %s: dropping stale delivery %s (%s)", job_id, file_name, job.state.value)
+            log.debug("job %s: dropping stale delivery %s (%s)", job_id, token, job.state.value)
             return DONE
         if action is ClaimAction.BUSY:
             log.warning(
