@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .encoding import decode_arguments, to_spool_entries
 from .errors import ConfigurationError
 from .job import Job
 from .schedule import spool_mtime
-from .spoolfile import HEADER_SIZE, SpoolDirectory, is_own_file, spool_file_name
+from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
 from .worker import Verdict
 
 if TYPE_CHECKING:
@@ -44,13 +45,16 @@ class Backend(Protocol):
     #: False when ``at``/``countdown`` are ignored (eager mode).
     honours_schedule: bool
 
+    #: True when far-future jobs wait in the store (spooler mode).
+    parks: bool
+
     def attach(self, service: JobService) -> None: ...
     def spool_file_for(self, job_id: str, priority: int | None, now: float) -> str | None: ...
     def submit(self, job: Job, payload: str) -> None: ...
     def release(self, job: Job) -> None: ...
     def check_priority(self) -> None: ...
     def spooled_files(self, now: float) -> set[str]: ...
-    def delivery_ok(self, job: Job, files: set[str]) -> bool: ...
+    def delivery_ok(self, job: Job, files: set[str], now: float) -> bool: ...
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 
 
@@ -66,6 +70,7 @@ def _local_delivery_alive(job: Job) -> bool:
 class SpoolerBackend:
     name = "spooler"
     honours_schedule = True
+    parks = True
 
     def __init__(self, directory: SpoolDirectory, ordered: bool) -> None:
         self.directory = directory
@@ -79,7 +84,8 @@ class SpoolerBackend:
         return self.directory.relative_name(spool_file_name(job_id, now), priority)
 
     def submit(self, job: Job, payload: str) -> None:
-        assert job.spool_file is not None
+        if job.spool_file is None:
+            return  # parked: the housekeeper spools it when it is nearly due
         entries, body = to_spool_entries(job.id, job.task, payload)
         self.directory.write(
             job.spool_file, entries, body, spool_mtime(job.scheduled_for, time.time())
@@ -100,31 +106,42 @@ class SpoolerBackend:
     def spooled_files(self, now: float, *, check_all: bool = False) -> set[str]:
         """The job files a spooler can run; torn ones go to the quarantine on the way.
 
-        A file of the kit's own (written atomically) can only be torn by a
-        crash of the machine, so reading every header is for start-up
-        (``check_all``, before any spooler runs); files of other writers are
-        checked on every pass, and any file shorter than a header always.
+        The kit's own files are written under a lock and can only be torn by a
+        crash of the machine: at start-up (``check_all``, before any spooler
+        runs) every file is checked; on later passes only files of other
+        writers here, and the kit's own in ``delivery_ok``, a batch at a time.
         """
         files = set()
-        for relative, info in self.directory.entries().items():
-            due = check_all or info.st_mtime < now - TORN_AFTER
-            suspect = check_all or info.st_size < HEADER_SIZE or not is_own_file(relative)
-            if due and suspect and self.directory.is_torn(relative, info):
-                kept = self.directory.set_aside_torn(relative)
-                log.error(
-                    "spool file %s is torn (%d bytes); moved to %s", relative, info.st_size, kept
-                )
-                if kept is not None:
-                    continue
+        for relative in self.directory.names():
+            if (check_all or not is_own_file(relative)) and self._set_aside_if_torn(
+                relative, now, check_all
+            ):
+                continue
             files.add(relative)
         return files
 
-    def delivery_ok(self, job: Job, files: set[str]) -> bool:
+    def _set_aside_if_torn(self, relative: str, now: float, at_start: bool = False) -> bool:
+        try:
+            info = os.lstat(self.directory.absolute(relative))
+        except FileNotFoundError:
+            return True
+        due = at_start or info.st_mtime < now - TORN_AFTER
+        if not (due and self.directory.is_torn(relative, info)):
+            return False
+        kept = self.directory.set_aside_torn(relative)
+        log.error("spool file %s is torn (%d bytes); moved to %s", relative, info.st_size, kept)
+        return kept is not None
+
+    def delivery_ok(self, job: Job, files: set[str], now: float) -> bool:
+        """Will the job's spool file reach a spooler? (A torn one is set aside: no.)"""
         if job.spool_file is None:
             return False
         if job.spool_file.startswith("local:"):
             return _local_delivery_alive(job)
-        return job.spool_file in files
+        if job.spool_file not in files:
+            return False
+        stale = job.updated_at < now - TORN_AFTER
+        return not (stale and self._set_aside_if_torn(job.spool_file, now))
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         pids = runtime.spooler_pids()
@@ -159,6 +176,7 @@ class LocalBackend:
 
     name = "local"
     honours_schedule = True
+    parks = False
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -233,7 +251,7 @@ class LocalBackend:
     def spooled_files(self, now: float) -> set[str]:
         return set()
 
-    def delivery_ok(self, job: Job, files: set[str]) -> bool:
+    def delivery_ok(self, job: Job, files: set[str], now: float) -> bool:
         return _local_delivery_alive(job)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -245,6 +263,7 @@ class EagerBackend:
 
     name = "eager"
     honours_schedule = False
+    parks = False
 
     def __init__(self) -> None:
         self._service: JobService | None = None
@@ -272,7 +291,7 @@ class EagerBackend:
     def spooled_files(self, now: float) -> set[str]:
         return set()
 
-    def delivery_ok(self, job: Job, files: set[str]) -> bool:
+    def delivery_ok(self, job: Job, files: set[str], now: float) -> bool:
         return True
 
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -58,6 +58,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "housekeeping_interval": float,
     "retry_after": int,
     "store_timeout": float,
+    "spool_ahead": float,
 }
 
 
@@ -77,6 +78,11 @@ class Config:
     housekeeping_interval: float = 5.0
     retry_after: int = 1
     store_timeout: float = 10.0
+    #: A scheduled job gets its spool file this many seconds before it is due;
+    #: until then it waits in the store ("parked"). uWSGI lstat()s every file
+    #: on every scan, so a large far-future backlog in the spool directory
+    #: would slow every pickup.
+    spool_ahead: float = 10.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -85,6 +91,7 @@ class Config:
             "housekeeping_interval",
             "retry_after",
             "store_timeout",
+            "spool_ahead",
         )
         for name in positive:
             if getattr(self, name) <= 0:

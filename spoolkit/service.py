@@ -115,7 +115,9 @@ class JobService:
                 priority=checked_priority,
                 created_at=now,
                 run_at=run_at,
-                spool_file=self.backend.spool_file_for(job_id, checked_priority, now),
+                spool_file=None
+                if self.parks(run_at, now)
+                else self.backend.spool_file_for(job_id, checked_priority, now),
             )
         )
         try:
@@ -129,6 +131,12 @@ class JobService:
         if self.backend.name == "eager":
             return self.get(job.id)
         return job
+
+    def parks(self, run_at: float | None, now: float) -> bool:
+        """Does a job due at ``run_at`` wait in the store rather than in the spool?"""
+        return bool(
+            self.backend.parks and run_at is not None and run_at > now + self.config.spool_ahead
+        )
 
     def enqueue_by_name(
         self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], **options: Any

@@ -229,24 +229,23 @@ class SpoolDirectory:
             return None
         return target
 
-    def entries(self) -> dict[str, os.stat_result]:
-        """``lstat`` of every job file by relative path, priority subdirectories included."""
-        found: dict[str, os.stat_result] = {}
+    def names(self) -> set[str]:
+        """Relative paths of every job file, read from the directory alone (no stat)."""
+        found: set[str] = set()
         try:
             entries = list(os.scandir(self.path))
         except FileNotFoundError:
             return found
         for entry in entries:
             if entry.name.startswith(SPOOL_PREFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    found[entry.name] = entry.stat(follow_symlinks=False)
+                found.add(entry.name)
             elif entry.name.isdigit() and entry.is_dir(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError), os.scandir(entry.path) as inner:
-                    for sub in inner:
-                        if sub.name.startswith(SPOOL_PREFIX):
-                            relative = os.path.join(entry.name, sub.name)
-                            with contextlib.suppress(FileNotFoundError):
-                                found[relative] = sub.stat(follow_symlinks=False)
+                    found.update(
+                        os.path.join(entry.name, sub.name)
+                        for sub in inner
+                        if sub.name.startswith(SPOOL_PREFIX)
+                    )
         return found
 
     def is_torn(self, relative: str, info: os.stat_result) -> bool:

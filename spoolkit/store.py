@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS spoolkit_jobs (
 );
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_state ON spoolkit_jobs (state, updated_at);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_parked ON spoolkit_jobs (scheduled_for)
+    WHERE state = 'scheduled' AND spool_file IS NULL;
 CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLUMNS = (
@@ -263,13 +265,25 @@ class SQLiteStore:
         return {state.value: int(found.get(state.value, 0)) for state in JobState}
 
     def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
-        """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``."""
+        """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``.
+
+        Parked jobs (scheduled, no spool file yet) are left out: ``due_parked`` finds them.
+        """
         finished_marks, finished = _marks(FINISHED)
         rows = self._read(
             f"SELECT {_COLUMNS} FROM spoolkit_jobs "
-            f"WHERE id > ? AND state NOT IN ({finished_marks}) "
-            "AND updated_at < ? ORDER BY id LIMIT ?",
+            f"WHERE id > ? AND state NOT IN ({finished_marks}) AND updated_at < ? "
+            "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT ?",
             [after_id, *finished, updated_before, limit],
+        )
+        return [_row_to_job(row) for row in rows]
+
+    def due_parked(self, until: float, limit: int) -> list[Job]:
+        """Parked jobs (scheduled, no spool file) due by ``until``, soonest first."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
+            "AND spool_file IS NULL AND scheduled_for <= ? ORDER BY scheduled_for LIMIT ?",
+            [until, limit],
         )
         return [_row_to_job(row) for row in rows]
 
@@ -356,11 +370,14 @@ class SQLiteStore:
         result: str | None = None,
         error: JobError | None = None,
         retry_at: float | None = None,
+        park: bool = False,
     ) -> bool:
         """Record how an attempt ended: succeeded (no error), retry later, or failed.
 
         Only the runner that holds the job may do this (``runner_pid`` and
         ``state = running`` are checked): ``False`` means someone else owns it now.
+        ``park`` (with ``retry_at``) forgets the spool file: the retry waits in the
+        store and the housekeeper spools it when it is nearly due.
         """
         if error is None:
             state, finished = JobState.SUCCEEDED, now
@@ -371,10 +388,12 @@ class SQLiteStore:
         cursor = self._statement(
             "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ?, result = ?, "
             "scheduled_for = COALESCE(?, scheduled_for), error_type = ?, error_message = ?, "
-            "error_traceback = ? WHERE id = ? AND state = ? AND runner_pid = ?",
+            "error_traceback = ?, spool_file = CASE WHEN ? THEN NULL ELSE spool_file END "
+            "WHERE id = ? AND state = ? AND runner_pid = ?",
             (state.value, finished, now, result, retry_at,
              error.type if error else None, error.message if error else None,
-             error.traceback if error else None, job_id, JobState.RUNNING.value, runner_pid),
+             error.traceback if error else None, park and retry_at is not None,
+             job_id, JobState.RUNNING.value, runner_pid),
         )  # fmt: skip
         return cursor.rowcount == 1
 

@@ -169,9 +169,10 @@ class Worker:
                 )
             retry_at = now + delay
         pid = os.getpid() if runner_pid is None else runner_pid
+        park = self.service.parks(retry_at, now)
         recorded = self._patiently(
             lambda: self.service.store.finish(
-                job.id, pid, now, result=result, error=error, retry_at=retry_at
+                job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park
             )
         )
         if not recorded:
@@ -186,7 +187,8 @@ class Worker:
             level = logging.INFO if error.type == "Retry" else logging.WARNING
             log.log(level, "job %s will retry in %.1fs (%s): %s: %s",
                     job.id, retry_at - now, attempt, error.type, error.message)  # fmt: skip
-            return Step(Verdict.AGAIN, at=retry_at)
+            # A parked retry waits in the store: this file is done with.
+            return DONE if park else Step(Verdict.AGAIN, at=retry_at)
         log.error(
             "job %s failed%s (%s, no retry): %s: %s",
             job.id,

@@ -59,7 +59,7 @@ def test_result_round_trip_keeps_values_the_spooler_would_misread(server: UwsgiS
 
 def test_large_argument_travels_in_the_spool_file_body(server: UwsgiServer) -> None:
     blob = "x" * 200_000
-    job_id = server.enqueue("payload_size", blob, countdown=60)
+    job_id = server.enqueue("payload_size", blob, countdown=8)  # within SPOOLKIT_SPOOL_AHEAD
     spool_file = server.spool_file_of(job_id)
     assert spool_file is not None
     packet, body = decode_file(spool_file.read_bytes())

@@ -108,7 +108,7 @@ def test_job_committed_without_a_spool_file_is_spooled(server: UwsgiServer) -> N
 
 
 def test_running_job_with_dead_runner_and_no_file_is_requeued(server: UwsgiServer) -> None:
-    job_id = server.enqueue("mark", "orphan-running", countdown=30)
+    job_id = server.enqueue("mark", "orphan-running", countdown=8)
     path = server.spool_file_of(job_id)
     assert path is not None
     # Pretend a spooler of an earlier server run died with the job and the file is gone.

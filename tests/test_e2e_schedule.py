@@ -50,18 +50,48 @@ def test_at_as_iso_without_zone_is_utc(server: UwsgiServer) -> None:
     assert at <= started <= at + LATE_MARGIN
 
 
+def test_far_future_jobs_and_long_retries_wait_in_the_store_and_run_on_time(
+    server: UwsgiServer,
+) -> None:
+    """Beyond SPOOLKIT_SPOOL_AHEAD (10 s) a job has no spool file until it is nearly due."""
+    before = time.time()
+    far = server.enqueue("mark", "far", countdown=12.5)
+    retried = server.enqueue("asks_retry", "retry-far", 12)  # Retry(countdown=12) on attempt 1
+    assert server.spool_file_of(far) is None
+    assert server.job(far)["state"] == "scheduled"
+    waiting = wait_for(lambda: (job := server.job(retried))["state"] == "scheduled" and job, 10,
+                       "the retry to wait")  # fmt: skip
+    assert waiting["attempts"] == 1
+    assert server.spool_file_of(retried) is None  # its file is gone, the row remembers it
+    started = _started(server, "far")
+    assert before + 12.5 <= started <= before + 12.5 + LATE_MARGIN
+    job = server.wait_job(retried, timeout=30)
+    assert job["state"] == "succeeded" and job["attempts"] == 2
+    first, second = server.records_of("retry-far")
+    assert 12 <= second["time"] - first["time"] <= 12 + LATE_MARGIN
+
+
 def test_at_in_the_past_runs_now(server: UwsgiServer) -> None:
     job_id = server.enqueue("mark", "at-past", at=time.time() - 3600)
     assert server.wait_job(job_id)["state"] == "succeeded"
 
 
+def test_cancel_a_parked_job_means_it_never_runs(server: UwsgiServer) -> None:
+    job_id = server.enqueue("mark", "cancelled-parked", countdown=60)
+    assert server.spool_file_of(job_id) is None  # far ahead: waits in the store
+    assert server.request("DELETE", f"/jobs/{job_id}").json()["state"] == "cancelled"
+    assert server.request("DELETE", f"/jobs/{job_id}").status == 409
+    assert server.job(job_id)["state"] == "cancelled"
+    assert server.records_of("cancelled-parked") == []
+
+
 def test_cancel_a_scheduled_job_means_it_never_runs(server: UwsgiServer) -> None:
-    job_id = server.enqueue("mark", "cancelled", countdown=60)
+    job_id = server.enqueue("mark", "cancelled", countdown=8)
     assert server.spool_file_of(job_id) is not None
     response = server.request("DELETE", f"/jobs/{job_id}")
     assert response.status == 200
     assert response.json()["state"] == "cancelled"
-    # The spooler drops the file at its next scan, not in 60 seconds.
+    # The spooler drops the file at its next scan, not when it would have been due.
     wait_for(lambda: server.spool_file_of(job_id) is None, 10, "the cancelled file to go")
     got = server.get(f"/jobs/{job_id}")
     assert got.status == 200

@@ -71,7 +71,7 @@ def _offsets(length: int, packet_end: int) -> list[int]:
 def test_spool_file_torn_at_every_offset_is_recovered(tmp_path: Path, payload: str) -> None:
     """A power cut can leave any prefix of a spool file (no fsync, ext4 without journal)."""
     arg = "x" * (40_000 if payload == "body" else 10)
-    server = UwsgiServer(tmp_path)
+    server = UwsgiServer(tmp_path, SPOOLKIT_SPOOL_AHEAD="3600")  # every job gets its file at once
     with server:
         probe = server.enqueue("echo", arg, countdown=600)
         probe_file = server.spool_file_of(probe)
@@ -314,7 +314,7 @@ def test_hostile_spool_files_never_run_or_crash_a_spooler(tmp_path: Path) -> Non
     count = 2000 if SOAK else 200
     canary = tmp_path / "pwned"
     rng = random.Random(3)
-    server = UwsgiServer(tmp_path / "srv")
+    server = UwsgiServer(tmp_path / "srv", SPOOLKIT_SPOOL_AHEAD="3600")
     with server:
         seed_id = server.enqueue("echo", "seed", countdown=600)
         seed_file = server.spool_file_of(seed_id)
@@ -346,7 +346,7 @@ def test_hostile_spool_files_never_run_or_crash_a_spooler(tmp_path: Path) -> Non
 def test_torn_foreign_file_in_a_live_spool_costs_at_most_a_respawn(tmp_path: Path) -> None:
     """uWSGI's own race (core/spooler.c): documented, measured, never a lost job."""
     rng = random.Random(5)
-    with UwsgiServer(tmp_path) as server:
+    with UwsgiServer(tmp_path, SPOOLKIT_SPOOL_AHEAD="3600") as server:
         seed_id = server.enqueue("echo", "seed", countdown=600)
         seed_file = server.spool_file_of(seed_id)
         assert seed_file is not None

@@ -170,13 +170,13 @@ def test_token_is_compared_in_constant_time() -> None:
 @pytest.mark.e2e
 def test_spool_and_store_are_private_to_the_service_user(tmp_path: Path) -> None:
     with UwsgiServer(tmp_path) as server:
-        job_id = server.enqueue("echo", "x", countdown=60)
+        job_id = server.enqueue("echo", "x", countdown=8)
         spool_file = server.spool_file_of(job_id)
         assert spool_file is not None
         assert server.spool_dir.stat().st_mode & 0o777 == 0o700
         assert (server.spool_dir / "quarantine").stat().st_mode & 0o777 == 0o700
         assert spool_file.stat().st_mode & 0o777 == 0o600
         assert server.database.stat().st_mode & 0o777 == 0o600
-        priority_file = server.spool_file_of(server.enqueue("echo", "x", countdown=60, priority=3))
+        priority_file = server.spool_file_of(server.enqueue("echo", "x", countdown=8, priority=3))
         assert priority_file is not None
         assert priority_file.parent.stat().st_mode & 0o777 == 0o700

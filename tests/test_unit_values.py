@@ -209,15 +209,19 @@ def test_spool_directory_writes_atomically_with_mtime(tmp_path: Path) -> None:
     directory.write("uwsgi_spoolfile_on_x", {b"k": b"other"}, b"", at)
     assert decode_file(target.read_bytes())[0] == {b"k": b"v"}
     directory.write("07/uwsgi_spoolfile_on_y", {b"k": b"v"}, b"", at)
-    entries = directory.entries()
-    assert sorted(entries) == ["07/uwsgi_spoolfile_on_y", "uwsgi_spoolfile_on_x"]
-    assert entries["uwsgi_spoolfile_on_x"].st_size == len(encode_file({b"k": b"v"}, b"B"))
+    assert directory.names() == {"07/uwsgi_spoolfile_on_y", "uwsgi_spoolfile_on_x"}
+    info = os.lstat(target)
+    assert not directory.is_torn("uwsgi_spoolfile_on_x", info)
     assert len(woken) == 2  # the second write of x found it there: no new file, no wake
     assert directory.quarantine(str(tmp_path / "jobs"), "uwsgi_spoolfile_on_x") is not None
     assert (tmp_path / "jobs" / "quarantine" / "uwsgi_spoolfile_on_x").exists()
     assert target.exists()  # the original is uWSGI's to unlink
     torn = tmp_path / "jobs" / "07" / "uwsgi_spoolfile_on_y"
     torn.write_bytes(b"\x11\x00")
+    assert directory.is_torn("07/uwsgi_spoolfile_on_y", os.lstat(torn))
+    short_packet = tmp_path / "jobs" / "uwsgi_spoolfile_on_short"
+    short_packet.write_bytes(encode_file({b"k": b"v" * 50})[:30])
+    assert directory.is_torn("uwsgi_spoolfile_on_short", os.lstat(short_packet))
     assert directory.set_aside_torn("07/uwsgi_spoolfile_on_y") is not None
     assert not torn.exists()
     assert (tmp_path / "jobs" / "quarantine" / "uwsgi_spoolfile_on_y").read_bytes() == b"\x11\x00"
