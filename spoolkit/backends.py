@@ -72,9 +72,12 @@ class SpoolerBackend:
     honours_schedule = True
     parks = True
 
-    def __init__(self, directory: SpoolDirectory, ordered: bool) -> None:
+    def __init__(
+        self, directory: SpoolDirectory, ordered: bool, waker: runtime.SpoolerWaker | None = None
+    ) -> None:
         self.directory = directory
         self.ordered = ordered
+        self.waker = waker
         self._service: JobService | None = None
 
     def attach(self, service: JobService) -> None:
@@ -153,11 +156,15 @@ class SpoolerBackend:
             "spool_dir": self.directory.path,
         }
         ok = configured > 0 and alive == configured
+        if runtime.uwsgi_option("spooler") is None and self.waker is not None:
+            # A producer-only instance (spooler-external): another instance runs the jobs.
+            external = len(self.waker.published())
+            report["spoolers"]["external"] = external
+            ok = external > 0
         if self._service is not None:
             beat = self._service.store.get_meta(HOUSEKEEPER_KEY)
-            report["housekeeper"] = {
-                "last_run_age": round(time.time() - float(beat), 1) if beat else None
-            }
+            age = round(time.time() - float(beat), 1) if beat else None
+            report["housekeeper"] = {"last_run_age": age}
         return ok, report
 
 

@@ -30,11 +30,13 @@ def _choose_backend(config: Config) -> Backend:
         log.warning("SPOOLKIT_EAGER is on: jobs run inside delay(), at once (tests only)")
         return EagerBackend()
     if runtime.uwsgi_module() is not None:
-        directory = SpoolDirectory(runtime.spooler_directory(), wake=runtime.wake_spoolers)
+        path = runtime.spooler_directory()
+        waker = runtime.SpoolerWaker(path)
+        directory = SpoolDirectory(path, wake=waker)
         directory.prepare()
         ordered = (runtime.uwsgi_option("spooler-ordered") or "").lower() in _TRUE
-        backend = SpoolerBackend(directory, ordered=ordered)
-        if runtime.in_master_before_fork():
+        backend = SpoolerBackend(directory, ordered=ordered, waker=waker)
+        if runtime.in_master_before_fork() and runtime.uwsgi_option("spooler"):
             # After a crash of the machine, files can be torn; uWSGI handles
             # those badly (see SpoolDirectory.is_torn), so set them aside
             # before any spooler scans. Their jobs are spooled again from the

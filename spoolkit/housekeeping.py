@@ -127,6 +127,13 @@ class Housekeeper:
                 break
         return spooled
 
+    def publish(self) -> None:
+        """Tell producers in other instances which spoolers to wake (spooler mode only)."""
+        backend = self.service.backend
+        directory = getattr(backend, "directory", None)
+        if directory is not None and runtime.uwsgi_option("spooler"):
+            runtime.publish_spoolers(directory.path)
+
     def run_forever(self) -> None:
         interval = self.service.config.housekeeping_interval
         log.info("housekeeper started: parked jobs every %.1fs, housekeeping every %.1fs",
@@ -135,6 +142,7 @@ class Housekeeper:
         while True:
             now = time.time()
             try:
+                self.publish()
                 self.spool_due(now)
                 if now >= next_pass:
                     report = self.run_once(now, limit)

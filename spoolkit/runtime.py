@@ -7,9 +7,11 @@ kit imports and tests without uWSGI.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
+from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigurationError
@@ -52,31 +54,82 @@ def spooler_alive(pid: int) -> bool:
     return pid in spooler_pids() and process_exists(pid)
 
 
-def wake_spoolers() -> None:
-    """SIGUSR1 every spooler, busy ones included.
+#: In the spool directory: the spoolers serving it, for producers in other
+#: uWSGI instances (``spooler-external``), which uWSGI never wakes.
+SPOOLERS_FILE = ".spoolkit-spoolers.json"
 
-    ``uwsgi.spool()`` only signals idle spoolers, so a job written while all
-    are busy waits for the next ``spooler-frequency`` tick. A busy spooler
-    that gets the signal scans again as soon as its current job ends.
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def publish_spoolers(directory: str) -> None:
+    """Write this instance's spooler pids into the spool directory (if they changed)."""
+    spoolers = sorted((pid, process_start(pid)) for pid in spooler_pids())
+    path = os.path.join(directory, SPOOLERS_FILE)
+    content = json.dumps({"spoolers": spoolers})
+    with contextlib.suppress(FileNotFoundError):
+        if Path(path).read_text() == content:
+            return
+    tmp = f"{path}.{os.getpid()}"
+    Path(tmp).write_text(content)
+    os.replace(tmp, path)
+
+
+class SpoolerWaker:
+    """Wakes every spooler serving a spool directory with SIGUSR1, busy ones included.
+
+    ``uwsgi.spool()`` only signals *idle* spoolers of *its own* instance, so a
+    job written while all are busy, or by another instance, waits for the
+    next ``spooler-frequency`` tick. A busy spooler that gets the signal scans
+    again as soon as its current job ends. Besides this instance's spoolers,
+    it signals those the serving instance published (``publish_spoolers``),
+    each checked against its start time so a reused pid is never signalled.
     """
-    for pid in spooler_pids():
-        # A pid that is gone is being respawned: the new spooler scans at start.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGUSR1)
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, SPOOLERS_FILE)
+        self._published: tuple[int, list[int]] = (-1, [])
+
+    def published(self) -> list[int]:
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if stamp != self._published[0]:
+            try:
+                listed = json.loads(Path(self.path).read_text())["spoolers"]
+                pids = [int(pid) for pid, start in listed if process_start(int(pid)) == start]
+            except (OSError, ValueError, KeyError, TypeError):
+                pids = []
+            self._published = (stamp, pids)
+        return self._published[1]
+
+    def __call__(self) -> None:
+        for pid in {*spooler_pids(), *self.published()}:
+            # A pid that is gone is being respawned: the new spooler scans at start.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGUSR1)
 
 
 def spooler_directory() -> str:
-    """The first ``spooler`` directory configured in uwsgi.ini, absolute."""
+    """The first ``spooler`` directory configured in uwsgi.ini (or, in an instance
+    that only produces jobs for another one, its ``spooler-external``), absolute."""
     uwsgi = uwsgi_module()
     if uwsgi is None:
         raise ConfigurationError("not running under uWSGI")
-    value = uwsgi.opt.get("spooler")
+    value = uwsgi.opt.get("spooler") or uwsgi.opt.get("spooler-external")
     if isinstance(value, list):
         value = value[0] if value else None
     if not value:
         raise ConfigurationError(
             "uWSGI runs without a spooler: add 'spooler = <directory>' and "
-            "'spooler-processes = N' to uwsgi.ini (or set SPOOLKIT_EAGER=1)"
+            "'spooler-processes = N' to uwsgi.ini, or 'spooler-external = <directory>' "
+            "to queue jobs for another instance's spoolers (or set SPOOLKIT_EAGER=1)"
         )
     path = value.decode() if isinstance(value, bytes) else str(value)
     return os.path.abspath(path)

@@ -254,19 +254,24 @@ class SpoolDirectory:
         uWSGI mishandles both: it skips the first kind on every scan forever,
         and removes the second kind with a race (core/spooler.c closes the
         file, dropping its lock, before unlinking it; a second spooler can
-        unlink it first, and the first then exits).
+        unlink it first, and the first then exits). A file still locked by its
+        writer (being written right now, maybe by another instance) is not torn.
+        Never called in a spooler: closing the file would drop a spooler's lock.
         """
-        if info.st_size < HEADER_SIZE:
-            return True
         try:
             with open(self.absolute(relative), "rb") as spool_file:
                 header = spool_file.read(HEADER_SIZE)
+                if len(header) == HEADER_SIZE:
+                    _, packet_size, _ = _HEADER.unpack(header)
+                    if info.st_size >= HEADER_SIZE + packet_size:
+                        return False
+                try:
+                    fcntl.lockf(spool_file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    return False  # its writer holds it: complete in a moment
+                return True
         except FileNotFoundError:
             return False
-        if len(header) < HEADER_SIZE:
-            return True
-        _, packet_size, _ = _HEADER.unpack(header)
-        return bool(info.st_size < HEADER_SIZE + packet_size)
 
     def set_aside_torn(self, relative: str) -> str | None:
         """Move a file shorter than uWSGI's 4-byte header to the quarantine.

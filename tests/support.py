@@ -156,7 +156,11 @@ class UwsgiServer:
             stdin=subprocess.DEVNULL,
         )
         log.close()
-        wait_for(self._healthy, timeout, f"uwsgi on port {self.port} to answer /healthz")
+        try:
+            wait_for(self._healthy, timeout, f"uwsgi on port {self.port} to answer /healthz")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
         return self
 
     def _healthy(self) -> bool:

@@ -59,3 +59,44 @@ def test_uwsgi_without_a_spooler_refuses_to_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "uWSGI runs without a spooler: add 'spooler = <directory>'" in done.stdout + done.stderr
+
+
+def test_producer_in_another_instance_wakes_the_spoolers(tmp_path: Path) -> None:
+    """uWSGI never wakes another instance's spoolers; the kit does (or pickup waits a tick)."""
+    import random
+    import time
+
+    from .support import wait_for
+
+    consumer = UwsgiServer(tmp_path / "consumer")
+    port = free_port()
+    ini = tmp_path / "producer.ini"
+    ini.write_text(
+        "[uwsgi]\nstrict = true\nmaster = true\nneed-app = true\n"
+        f"chdir = {REPO}\npythonpath = {REPO}\nmodule = app:app\nprocesses = 1\n"
+        f"http-socket = 127.0.0.1:{port}\nspooler-external = {consumer.spool_dir}\n"
+        "die-on-term = true\ndisable-logging = true\n"
+    )
+    producer = UwsgiServer(tmp_path / "producer", ini=None)
+    producer.port, producer.ini = port, ini
+    producer.extra_env = {"SPOOLKIT_DATABASE": str(consumer.database)}
+    producer.records = consumer.records
+    with consumer:
+        wait_for((consumer.spool_dir / ".spoolkit-spoolers.json").exists, 10, "published pids")
+        with producer:
+            health = producer.get("/healthz").json()
+            assert health["spoolers"]["external"] == 2
+            delays = []
+            rng = random.Random(2)
+            for i in range(10):
+                time.sleep(0.05 + rng.random() * 0.3)
+                before = time.time()
+                job_id = producer.enqueue("mark", f"external-{i}")
+                started = wait_for(lambda i=i: consumer.records_of(f"external-{i}"), 10, "the job")[
+                    0
+                ]
+                assert started["pid"] in consumer.spooler_pids()
+                assert consumer.job(job_id)["state"] in ("running", "succeeded")
+                delays.append(started["time"] - before)
+    # Without a wake-up each would wait for the next 1 s tick (0.5 s on average).
+    assert max(delays) < 0.3, delays

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -218,6 +220,18 @@ def test_spool_directory_writes_atomically_with_mtime(tmp_path: Path) -> None:
     assert target.exists()  # the original is uWSGI's to unlink
     torn = tmp_path / "jobs" / "07" / "uwsgi_spoolfile_on_y"
     torn.write_bytes(b"\x11\x00")
+    assert directory.is_torn("07/uwsgi_spoolfile_on_y", os.lstat(torn))
+    # Short because its writer (another process) is still writing it, under its lock: not torn.
+    with subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'r+b'); "
+         "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(torn)],
+        stdout=subprocess.PIPE, text=True,
+    ) as locker:  # fmt: skip
+        try:
+            assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+            assert not directory.is_torn("07/uwsgi_spoolfile_on_y", os.lstat(torn))
+        finally:
+            locker.kill()
     assert directory.is_torn("07/uwsgi_spoolfile_on_y", os.lstat(torn))
     short_packet = tmp_path / "jobs" / "uwsgi_spoolfile_on_short"
     short_packet.write_bytes(encode_file({b"k": b"v" * 50})[:30])
