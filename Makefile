@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint typecheck pytest system-deps soak clean
+.PHONY: run test check lint typecheck pytest system-deps soak bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +48,21 @@ soak: $(VENV)/.dev-installed system-deps
 	SPOOLKIT_SOAK=1 SPOOLKIT_REPORT=$(CURDIR)/soak-report.jsonl $(BIN)/pytest -s --timeout 3600 \
 		tests/test_faults.py tests/test_load.py tests/test_hostile_input.py tests/test_e2e_crashes.py
 
+# The benchmark against the raw spooler and the peers (about 20 minutes): bench/RESULTS.md.
+BENCH := bench/.venv/bin
+$(BENCH)/python:
+	$(PYTHON) -m venv bench/.venv
+
+bench/.venv/.installed: requirements.txt bench/requirements.txt | $(BENCH)/python
+	$(BENCH)/pip install --disable-pip-version-check -q -r bench/requirements.txt
+	touch $@
+
+bench: bench/.venv/.installed system-deps
+	$(BENCH)/python -m bench.run
+
+# The same, CI-sized (a few minutes), into bench/quick/: proves the benchmark still runs.
+bench-quick: bench/.venv/.installed system-deps
+	$(BENCH)/python -m bench.run --quick
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) bench/.venv .pytest_cache .mypy_cache .ruff_cache

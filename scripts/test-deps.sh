@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: nginx (in front of uWSGI),
 # systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config),
-# wrk (the load test).
+# wrk (the load test and the benchmark), redis-server (the benchmark's peers).
 # Installs only what is missing; called by `make test`.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ have systemd-analyze || need+=(systemd)
 have shellcheck || need+=(shellcheck)
 have logrotate || need+=(logrotate)
 have wrk || need+=(wrk)
+have redis-server || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

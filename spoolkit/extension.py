@@ -74,9 +74,13 @@ class SpoolKit:
                 raise ConfigurationError(
                     f"SPOOLKIT_IMPORTS: cannot import {module!r}: {exc}"
                 ) from exc
-        store = SQLiteStore(config.database, synchronous=config.sync, timeout=config.store_timeout)
-        store.setup()
         backend = _choose_backend(config)
+        # Under uWSGI the housekeeping mule checkpoints the WAL every half second;
+        # the high threshold only guards a set-up without the mule.
+        autocheckpoint = 10_000 if backend.name == "spooler" else 1000
+        store = SQLiteStore(config.database, synchronous=config.sync, timeout=config.store_timeout,
+                            autocheckpoint=autocheckpoint)  # fmt: skip
+        store.setup()
         service = JobService(app, config, self.registry, store, backend)
         backend.attach(service)
         app.extensions[EXTENSION_KEY] = service

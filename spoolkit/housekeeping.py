@@ -144,6 +144,7 @@ class Housekeeper:
             try:
                 self.publish()
                 self.spool_due(now)
+                self.service.store.checkpoint()
                 if now >= next_pass:
                     report = self.run_once(now, limit)
                     next_pass, limit = now + interval, PASS_LIMIT

@@ -123,12 +123,19 @@ class SQLiteStore:
     allows anyway. That saves two of the three fsyncs a job would cost.
     """
 
-    def __init__(self, path: str, synchronous: str = "FULL", timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        synchronous: str = "FULL",
+        timeout: float = 10.0,
+        autocheckpoint: int = 1000,
+    ) -> None:
         if synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, got {synchronous!r}")
         self.path = os.path.abspath(path)
         self.synchronous = synchronous.upper()
         self.timeout = timeout
+        self.autocheckpoint = autocheckpoint
         self._local = threading.local()
 
     # -- connections ---------------------------------------------------------------
@@ -138,6 +145,7 @@ class SQLiteStore:
         # kit's own retry (_locked) polls in fractions of a millisecond instead.
         conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
         conn.execute(f"PRAGMA synchronous={synchronous or self.synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(self.autocheckpoint)}")
         return conn
 
     def _connection(self, durable: bool = False) -> sqlite3.Connection:
@@ -286,6 +294,16 @@ class SQLiteStore:
             [until, limit],
         )
         return [_row_to_job(row) for row in rows]
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file, without waiting for readers (PASSIVE).
+
+        Done here, by the housekeeper, so that a web request or a job's claim
+        does not pay for it: SQLite otherwise checkpoints inside whichever
+        commit crosses the threshold (``autocheckpoint`` pages).
+        """
+        conn = self._connection()
+        self._locked(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     def get_meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM spoolkit_meta WHERE key = ?", (key,))

@@ -1,0 +1,34 @@
+"""The kit, with its default settings: the repository's uwsgi.ini ([spoolkit]),
+SQLite store, status tracked for every job."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask
+
+from spoolkit import SpoolKit, spool
+
+from .record import record
+from .uwsgi_routes import add_routes
+
+
+@spool(name="bench.noop", max_attempts=1)
+def noop(i: int) -> None:
+    record(i)
+
+
+@spool(name="bench.sleepy", max_attempts=1)
+def sleepy(i: int) -> None:
+    record(i)
+    time.sleep(0.005)
+
+
+app = Flask(__name__)
+SpoolKit(app)
+add_routes(
+    app,
+    enqueue=noop.delay,
+    enqueue_at=lambda i, at: noop.apply_async((i,), at=at),
+    enqueue_sleepy=sleepy.delay,
+)

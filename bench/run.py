@@ -1,0 +1,219 @@
+"""Run the whole benchmark: `python -m bench.run [--quick] [--only kit,raw,...]`.
+
+Writes results.json, RESULTS.md and results.png into the output directory
+(bench/ for a full run, bench/quick/ for --quick). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.broker_bench import PEERS, BrokerDriver, RedisServer
+from bench.common import fs_of
+from bench.measure import Driver, Measure, core
+from bench.render import render
+from bench.uwsgi_bench import KIT, KIT_NORMAL, RAW, UWSGI_TASKS, UwsgiDriver, UwsgiSystem
+
+log = logging.getLogger("bench")
+UWSGI_SYSTEMS = [KIT, KIT_NORMAL, RAW, UWSGI_TASKS]
+ON_BOTH_FILESYSTEMS = {"kit", "raw"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    trial_seconds: float  # aim for trials this long (N is adapted to each system's speed)
+    max_n: int
+    trials: int
+    pickups: int
+    bursts: int
+    wrk_seconds: int
+    backlogs: tuple[int, ...]
+    far: int
+    far_pickups: int
+    beside: int
+    step_budget: float  # skip a scale step expected to take longer than this (seconds)
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(True, 1.0, 300, 1, 10, 1, 2, (200, 1000), 1000, 10, 300, 30.0)
+        return cls(
+            False, 5.0, 5000, 3, 100, 3, 10, (1000, 10_000, 100_000), 100_000, 50, 10_000, 240.0
+        )
+
+
+def adapted_n(driver: Driver, plan: Plan) -> int:
+    """A pilot run sizes N so that one trial takes about ``trial_seconds``."""
+    driver.start()
+    try:
+        measure = Measure(driver)
+        measure.drain(50)
+        pilot = measure.drain(200)
+    finally:
+        driver.stop()
+    rate = min(pilot["drain_per_s"], pilot["enqueue_per_s"])
+    return max(100, min(plan.max_n, int(rate * plan.trial_seconds) // 100 * 100))
+
+
+def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, Any]:
+    """Burst tail, HTTP enqueue (uWSGI systems), backlogs, far-future backlog, RSS."""
+    out: dict[str, Any] = {}
+    enqueue, drain = rates["enqueue_per_s"], rates["drain_per_s"]
+
+    def affordable(n: int) -> bool:
+        return n / enqueue + n / drain <= plan.step_budget
+
+    driver.start()
+    try:
+        measure = Measure(driver)
+        measure.drain(50)
+        out["burst_tails_s"] = measure.burst_tails(plan.bursts)
+        if isinstance(driver, UwsgiDriver):
+            out["http"] = driver.wrk(plan.wrk_seconds)
+        rss_before = measure.consumer_rss()
+        out["backlog"] = {}
+        for n in plan.backlogs:
+            if affordable(n):
+                out["backlog"][str(n)] = measure.backlog(n)
+            else:
+                out["backlog"][str(n)] = {
+                    "skipped": f"would take ~{(n / enqueue + n / drain) / 60:.0f} min"
+                }
+        out["consumer_rss_mib"] = {"before": rss_before, "after": measure.consumer_rss()}
+        if driver.key == "uwsgi-tasks":
+            out["far"] = {"skipped": "uwsgi-tasks has no per-call at"}
+        elif plan.far / enqueue <= plan.step_budget and affordable(plan.beside):
+            far: dict[str, Any] = {"jobs": plan.far, "enqueue_per_s": measure.far_future(plan.far)}
+            far["pickup"] = measure.pickup(plan.far_pickups, seed=13)
+            far["backlog"] = measure.backlog(plan.beside)
+            out["far"] = far
+        else:
+            out["far"] = {"skipped": f"would take ~{plan.far / enqueue / 60:.0f} min to queue"}
+    finally:
+        driver.stop()
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(int(memory) / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in (
+        "uwsgi",
+        "flask",
+        "celery",
+        "kombu",
+        "redis",
+        "rq",
+        "huey",
+        "dramatiq",
+        "uwsgi-tasks",
+    ):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes)")
+    parser.add_argument("--only", default="", help="comma-separated system keys")
+    parser.add_argument("--out", default=None, help="output directory")
+    parser.add_argument("--disk", default="/tmp/spoolkit-bench", help="base directory on disk")
+    parser.add_argument(
+        "--tmpfs", default="/dev/shm/spoolkit-bench", help="base directory on tmpfs"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    plan = Plan.make(args.quick)
+    only = {key for key in args.only.split(",") if key}
+    out_dir = Path(args.out or (Path(__file__).parent / ("quick" if args.quick else ".")))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    disk, tmpfs = Path(args.disk), Path(args.tmpfs)
+    started = time.time()
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "machine": machine(),
+        "versions": versions(),
+        "filesystems": {"disk": None, "tmpfs": None},
+        "core": {},
+        "extended": {},
+        "labels": {},
+        "promises": {},
+    }
+
+    def wanted(key: str) -> bool:
+        return not only or key in only
+
+    uwsgi_systems: list[UwsgiSystem] = [s for s in UWSGI_SYSTEMS if wanted(s.key)]
+    redis = None
+    peers: list[BrokerDriver] = []
+    if any(wanted(peer.key) for peer in PEERS):
+        redis = RedisServer(disk / "redis").start()
+        peers = [peer(disk / "peers" / peer.key, redis) for peer in PEERS if wanted(peer.key)]
+    try:
+        drivers: list[tuple[str, Driver]] = []
+        for system in uwsgi_systems:
+            places = ("disk", "tmpfs") if system.key in ON_BOTH_FILESYSTEMS else ("disk",)
+            for place in places:
+                base = (disk if place == "disk" else tmpfs) / system.key
+                drivers.append((f"{system.key}@{place}", UwsgiDriver(system, base)))
+        drivers += [(f"{peer.key}@disk", peer) for peer in peers]
+        for row, driver in drivers:
+            log.info("main table: %s", row)
+            n = adapted_n(driver, plan)
+            base = driver.base
+            results["filesystems"]["tmpfs" if "@tmpfs" in row else "disk"] = fs_of(base.parent)
+            results["core"][row] = core(driver, n, plan.trials, plan.pickups)
+            results["labels"][driver.key] = driver.label
+            results["promises"][driver.key] = driver.promises
+            log.info("  %s", {k: v for k, v in results["core"][row].items() if k != "trials"})
+        for row, driver in drivers:
+            if row.endswith("@tmpfs"):
+                continue
+            log.info("scale: %s", row)
+            results["extended"][row] = extended(driver, plan, results["core"][row])
+            log.info("  %s", results["extended"][row])
+    finally:
+        if redis is not None:
+            results["redis"] = {"port": redis.port}
+            redis.stop()
+    results["seconds"] = round(time.time() - started)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    render(results, out_dir)
+    log.info("done in %ds: %s", results["seconds"], out_dir / "RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

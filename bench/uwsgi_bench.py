@@ -1,0 +1,211 @@
+"""The uWSGI-based systems: the kit, raw uwsgidecorators @spool, uwsgi-tasks.
+
+Each runs in its own uWSGI instance: 1 web worker (which runs the producer
+loop: uwsgi.spool() and the wake-up only exist there), 2 spoolers,
+spooler-frequency 1, request logging off. The kit runs on the repository's
+own uwsgi.ini ([spoolkit] section), so its settings are the kit's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, cpu_seconds, free_port, get_json, stop_tree, wait_for
+
+
+@dataclass(frozen=True)
+class UwsgiSystem:
+    key: str
+    label: str
+    module: str
+    kit: bool
+    http_path: str
+    http_body: str
+    promises: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+KIT = UwsgiSystem(
+    "kit", "spoolkit (this kit)", "bench.apps.kit_app:app", True, "/jobs",
+    '{"task": "bench.noop", "args": [1]}',
+    "job row fsynced (SQLite FULL) before 202; status, attempts and result kept",
+)  # fmt: skip
+KIT_NORMAL = UwsgiSystem(
+    "kit-normal", "spoolkit, SPOOLKIT_SYNC=normal", "bench.apps.kit_app:app", True, "/jobs",
+    '{"task": "bench.noop", "args": [1]}',
+    "no fsync: a power cut may lose the jobs accepted just before it; status kept",
+    env=(("SPOOLKIT_SYNC", "normal"),),
+)  # fmt: skip
+RAW = UwsgiSystem(
+    "raw", "raw uWSGI spooler (uwsgidecorators @spool)", "bench.apps.raw_app:app", False,
+    "/bench/http", '{"args": [1]}', "spool file not fsynced; no status, no result",
+)  # fmt: skip
+UWSGI_TASKS = UwsgiSystem(
+    "uwsgi-tasks", "uwsgi-tasks @task(SPOOLER)", "bench.apps.tasks_app:app", False,
+    "/bench/http", '{"args": [1]}', "spool file not fsynced; no status, no result",
+)  # fmt: skip
+
+
+class UwsgiDriver:
+    def __init__(
+        self, system: UwsgiSystem, base: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.system = system
+        self.key, self.label, self.promises = system.key, system.label, system.promises
+        self.base = base
+        self.extra_env = {**dict(system.env), **(extra_env or {})}
+        self.record = str(base / "records.bin")
+        self.spool_dir = base / "spool" / "jobs"
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # -- life cycle --------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        uwsgi = str(Path(sys.executable).with_name("uwsgi"))
+        common = ["--disable-logging", "--pythonpath", str(REPO)]
+        if self.system.kit:
+            return [
+                uwsgi,
+                "--ini",
+                str(REPO / "uwsgi.ini"),
+                "--module",
+                self.system.module,
+                *common,
+            ]
+        return [
+            uwsgi, "--master", "--need-app", "--die-on-term", "--module", self.system.module,
+            "--http-socket", f"127.0.0.1:{self.port}", "--processes", "1",
+            "--spooler", str(self.spool_dir), "--spooler-processes", "2",
+            "--spooler-frequency", "1", "--spooler-quiet",
+            "--stats", f"127.0.0.1:{self.stats_port}", *common,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+        (self.base / "spool").mkdir(parents=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
+        env.update(
+            BENCH_RECORD=self.record,
+            SPOOLKIT_HTTP=f"127.0.0.1:{self.port}",
+            SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
+            SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
+            SPOOLKIT_DATABASE=str(self.base / "spool" / "spoolkit.db"),
+            SPOOLKIT_WORKERS="1",
+            **self.extra_env,
+        )
+        log = open(self.base / "uwsgi.log", "wb")  # noqa: SIM115 - the child owns it
+        self.process = subprocess.Popen(
+            self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        log.close()
+        try:
+            wait_for(self._up, 60, f"{self.key} to start")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _up(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"{self.key} exited:\n{(self.base / 'uwsgi.log').read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(self.url("/bench/one?i=-1"), timeout=2):
+                return len(self.consumer_pids()) == 2
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_tree(self.process)
+            self.process = None
+
+    # -- the Driver interface ---------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def enqueue_many(self, first: int, n: int) -> tuple[float, float, float]:
+        workers = self.worker_pids()
+        before = cpu_seconds(workers)
+        answer = get_json(self.url(f"/bench/enqueue?n={n}&start={first}"), timeout=1800)
+        return answer["t0"], answer["t1"], cpu_seconds(workers) - before
+
+    def enqueue_one(self, i: int) -> float:
+        return float(get_json(self.url(f"/bench/one?i={i}"))["t0"])
+
+    def burst(self, first: int, n: int, gap: float) -> float:
+        return float(get_json(self.url(f"/bench/burst?n={n}&start={first}&gap={gap}"))["last"])
+
+    def enqueue_far(self, first: int, n: int, at: float) -> float:
+        answer = get_json(self.url(f"/bench/enqueue_at?n={n}&start={first}&at={at}"), timeout=1800)
+        return n / (answer["t1"] - answer["t0"])
+
+    def consumer_pids(self) -> list[int]:
+        try:
+            return [s["pid"] for s in self.stats().get("spoolers", []) if s.get("pid")]
+        except OSError:
+            return []
+
+    # -- uWSGI specifics -----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=10) as sock:
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return dict(json.loads(b"".join(chunks)))
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.stats()["workers"]]
+
+    def spool_files(self) -> list[str]:
+        return [
+            p.name
+            for p in self.spool_dir.rglob("uwsgi_spoolfile_on_*")
+            if "quarantine" not in p.parts
+        ]
+
+    def wrk(self, seconds: int, connections: int = 32) -> dict[str, Any]:
+        """POST -> 202 over HTTP: the kit's POST /jobs, or a Flask route calling the system."""
+        wrk = shutil.which("wrk")
+        if wrk is None:
+            raise RuntimeError("wrk is not installed (Debian package wrk)")
+        script = self.base / "post.lua"
+        body = self.system.http_body.replace('"', '\\"')
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = "{body}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        done = subprocess.run(
+            [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+             self.url(self.system.http_path)],
+            capture_output=True, text=True, check=True, timeout=seconds + 120,
+        )  # fmt: skip
+        out = done.stdout
+        requests = re.search(r"(\d+) requests in ([\d.]+)(m|s)", out)
+        assert requests is not None, out
+        elapsed = float(requests.group(2)) * (60 if requests.group(3) == "m" else 1)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+        wait_for(lambda: not self.spool_files(), 600, "wrk's jobs to drain", interval=0.2)
+        return {
+            "requests_per_s": int(requests.group(1)) / elapsed,
+            "p50": latency.get("50", "?"),
+            "p99": latency.get("99", "?"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        }
