@@ -80,6 +80,13 @@ def publish_spoolers(directory: str) -> None:
     os.replace(tmp, path)
 
 
+def _same_executable(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe") == os.readlink("/proc/self/exe")
+    except OSError:
+        return False
+
+
 class SpoolerWaker:
     """Wakes every spooler serving a spool directory with SIGUSR1, busy ones included.
 
@@ -88,7 +95,10 @@ class SpoolerWaker:
     next ``spooler-frequency`` tick. A busy spooler that gets the signal scans
     again as soon as its current job ends. Besides this instance's spoolers,
     it signals those the serving instance published (``publish_spoolers``),
-    each checked against its start time so a reused pid is never signalled.
+    each checked against its start time (a reused pid is never signalled) and
+    its executable: only processes running the same uWSGI binary as this one,
+    all of which handle or ignore SIGUSR1, so a forged list (by whoever can
+    write the spool directory) can at worst make a uWSGI process log stats.
     """
 
     def __init__(self, directory: str) -> None:
@@ -103,7 +113,11 @@ class SpoolerWaker:
         if stamp != self._published[0]:
             try:
                 listed = json.loads(Path(self.path).read_text())["spoolers"]
-                pids = [int(pid) for pid, start in listed if process_start(int(pid)) == start]
+                pids = [
+                    int(pid)
+                    for pid, start in listed
+                    if process_start(int(pid)) == start and _same_executable(int(pid))
+                ]
             except (OSError, ValueError, KeyError, TypeError):
                 pids = []
             self._published = (stamp, pids)
