@@ -28,7 +28,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.01) -> T:
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; ``TimeoutError`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -80,6 +81,7 @@ def rss_mib(pid: int) -> float:
 
 
 def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (children of children too)."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
