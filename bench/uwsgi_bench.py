@@ -76,14 +76,9 @@ class UwsgiDriver:
         uwsgi = str(Path(sys.executable).with_name("uwsgi"))
         common = ["--disable-logging", "--pythonpath", str(REPO)]
         if self.system.kit:
-            return [
-                uwsgi,
-                "--ini",
-                str(REPO / "uwsgi.ini"),
-                "--module",
-                self.system.module,
-                *common,
-            ]
+            # harakiri 0: the producer loop (up to 100k jobs) runs inside one request.
+            ini = str(REPO / "uwsgi.ini")
+            return [uwsgi, "--ini", ini, "--module", self.system.module, "--harakiri", "0", *common]
         return [
             uwsgi, "--master", "--need-app", "--die-on-term", "--module", self.system.module,
             "--http-socket", f"127.0.0.1:{self.port}", "--processes", "1",
