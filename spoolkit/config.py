@@ -38,6 +38,10 @@ def _optional(text: str) -> str | None:
     return text or None
 
 
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
 def _sync(text: str) -> str:
     value = text.strip().upper()
     if value not in {"FULL", "NORMAL", "OFF"}:
@@ -59,6 +63,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "retry_after": int,
     "store_timeout": float,
     "spool_ahead": float,
+    "spooler_nice": _optional_int,
 }
 
 
@@ -83,6 +88,11 @@ class Config:
     #: on every scan, so a large far-future backlog in the spool directory
     #: would slow every pickup.
     spool_ahead: float = 10.0
+    #: The niceness spoolers switch to before their first job. Unset keeps
+    #: uWSGI's choice, nice 19: under a saturated CPU the web workers win
+    #: and the spoolers nearly stop. Going below 19 needs CAP_SYS_NICE or
+    #: RLIMIT_NICE (systemd ``LimitNICE=``); see the README.
+    spooler_nice: int | None = None
 
     def __post_init__(self) -> None:
         positive = (
@@ -99,6 +109,8 @@ class Config:
         for name in ("max_backoff", "result_ttl"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be >= 0")
+        if self.spooler_nice is not None and not -20 <= self.spooler_nice <= 19:
+            raise ConfigurationError(f"{PREFIX}SPOOLER_NICE must be between -20 and 19")
         if self.database.startswith(("postgres://", "postgresql://", "mysql://")):
             raise ConfigurationError(
                 f"{PREFIX}DATABASE={self.database.split('://')[0]}://... is not supported yet; "

@@ -24,6 +24,7 @@ from typing import Any
 from .backends import SpoolerBackend
 from .encoding import from_spool_dict
 from .errors import DecodeError, StoreUnavailable
+from .runtime import renice_spooler
 from .schedule import spool_mtime
 from .service import JobService, current_service
 from .worker import Verdict
@@ -34,6 +35,8 @@ SPOOL_OK = -2
 SPOOL_RETRY = -1
 #: After an unexpected error, leave the file alone this long (no retry storm).
 ERROR_PAUSE = 5.0
+#: The spooler process that has applied SPOOLKIT_SPOOLER_NICE (set after each fork).
+_reniced_pid: int | None = None
 
 
 def spooler(spool: Mapping[Any, Any]) -> int:
@@ -45,6 +48,10 @@ def spooler(spool: Mapping[Any, Any]) -> int:
     except Exception:
         log.exception("spool file %s: spoolkit is not set up in this spooler; retrying later", name)
         return SPOOL_RETRY
+    global _reniced_pid
+    if _reniced_pid != os.getpid():
+        _reniced_pid = os.getpid()
+        renice_spooler(service.config.spooler_nice)
     try:
         return _dispatch(service, spool, name, directory)
     except StoreUnavailable as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigurationError
+
+log = logging.getLogger("spoolkit.runtime")
 
 
 def uwsgi_module() -> ModuleType | None:
@@ -184,6 +187,28 @@ def install_dispatcher() -> None:
         from .dispatcher import spooler
 
         setattr(uwsgi, "spooler", spooler)  # noqa: B010 - a C module attribute uWSGI reads
+
+
+def renice_spooler(nice: int | None) -> None:
+    """Move this spooler from the nice 19 uWSGI gives it to ``SPOOLKIT_SPOOLER_NICE``.
+
+    uWSGI has no hook after a spooler's fork, so the dispatcher calls this
+    before the first job of each spooler process. A process may raise its
+    niceness freely but lowering it needs CAP_SYS_NICE or RLIMIT_NICE; without
+    them the spooler keeps nice 19 and says how to allow it, once.
+    """
+    if nice is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        log.warning(
+            "spooler %d cannot set SPOOLKIT_SPOOLER_NICE=%d (%s) and stays at nice %d; "
+            "allow it with LimitNICE=%+d in the systemd unit (or CAP_SYS_NICE)",
+            os.getpid(), nice, exc.strerror, os.getpriority(os.PRIO_PROCESS, 0), nice,
+        )  # fmt: skip
+    else:
+        log.info("spooler %d runs at nice %d (SPOOLKIT_SPOOLER_NICE)", os.getpid(), nice)
 
 
 def process_exists(pid: int) -> bool:

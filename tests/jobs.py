@@ -107,6 +107,11 @@ def config_value(key: str) -> Any:
 
 
 @spool
+def niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@spool
 def job_info() -> dict[str, Any]:
     return {"id": current_job.id, "attempt": current_job.attempt, "max": current_job.max_attempts}
 

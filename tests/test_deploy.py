@@ -249,6 +249,7 @@ def test_unit_settings_that_matter() -> None:
     assert service["PrivateTmp"] == "yes"
     assert service["Restart"] == "on-failure"
     assert service["RuntimeDirectory"] == "spoolkit"
+    assert service["LimitNICE"] == "+0"  # what lets SPOOLKIT_SPOOLER_NICE below 19 work
     writable = service["ReadWritePaths"].split()
     # Every path the service writes is writable under ProtectSystem=strict.
     env = dict(
@@ -261,6 +262,8 @@ def test_unit_settings_that_matter() -> None:
     for path in (env["SPOOLKIT_SPOOL_DIR"], env["SPOOLKIT_DATABASE"], env["RENDER_OUTPUT_DIR"],
                  socket_path.group(1), "/var/log/spoolkit/uwsgi.log"):  # fmt: skip
         assert any(path.startswith(root + "/") for root in writable), path
+    # The niceness spoolkit.env asks for is one the unit's RLIMIT_NICE allows.
+    assert int(service["LimitNICE"]) <= int(env["SPOOLKIT_SPOOLER_NICE"]) <= 19
 
 
 # -- logrotate -----------------------------------------------------------------------------

@@ -100,3 +100,27 @@ def test_producer_in_another_instance_wakes_the_spoolers(tmp_path: Path) -> None
                 delays.append(started["time"] - before)
     # Without a wake-up each would wait for the next 1 s tick (0.5 s on average).
     assert max(delays) < 0.3, delays
+
+
+def _may_lower_niceness() -> bool:
+    """Can a process here go from nice 19 back to 5 (CAP_SYS_NICE or RLIMIT_NICE)?"""
+    probe = (
+        "import os; os.setpriority(os.PRIO_PROCESS, 0, 19); os.setpriority(os.PRIO_PROCESS, 0, 5)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_spoolers_run_at_uwsgi_nice_19_unless_configured(tmp_path: Path) -> None:
+    with UwsgiServer(tmp_path / "default") as server:
+        assert server.wait_job(server.enqueue("niceness"))["result"] == 19
+
+    with UwsgiServer(tmp_path / "configured", SPOOLKIT_SPOOLER_NICE="5") as server:
+        job = server.wait_job(server.enqueue("niceness"))
+        assert job["state"] == "succeeded"
+        if _may_lower_niceness():
+            assert job["result"] == 5
+            assert "runs at nice 5 (SPOOLKIT_SPOOLER_NICE)" in server.log_text()
+        else:  # not permitted here: the spooler keeps nice 19 and says how to allow it
+            assert job["result"] == 19
+            assert "allow it with LimitNICE=+5" in server.log_text()

@@ -114,7 +114,9 @@ def test_config_precedence_app_then_environment_then_default(
     ("key", "value", "message"),
     [("SPOOLKIT_EAGER", "maybe", "boolean"), ("SPOOLKIT_LOCAL_WORKERS", "two", "SPOOLKIT_LOCAL_WORKERS"),
      ("SPOOLKIT_LOCAL_WORKERS", "0", "must be > 0"), ("SPOOLKIT_SYNC", "fast", "full, normal"),
-     ("SPOOLKIT_DATABASE", "postgresql://db/x", "not supported yet")],
+     ("SPOOLKIT_DATABASE", "postgresql://db/x", "not supported yet"),
+     ("SPOOLKIT_SPOOLER_NICE", "25", "between -20 and 19"),
+     ("SPOOLKIT_SPOOLER_NICE", "low", "SPOOLKIT_SPOOLER_NICE")],
 )  # fmt: skip
 def test_bad_settings_are_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str, value: str, message: str
@@ -134,3 +136,19 @@ def test_bad_import_is_a_configuration_error(tmp_path: Path) -> None:
     app.config.update(SPOOLKIT_DATABASE=str(tmp_path / "j.db"), SPOOLKIT_IMPORTS="no_such_module_x")
     with pytest.raises(ConfigurationError, match="no_such_module_x"):
         SpoolKit(app)
+
+
+def test_a_spooler_that_may_not_lower_its_nice_says_how_to_allow_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal branch of renice_spooler (the e2e test sees the branch this machine allows)."""
+    from spoolkit import runtime
+
+    def refuse(which: int, who: int, value: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(runtime.os, "setpriority", refuse)
+    with caplog.at_level("WARNING", logger="spoolkit.runtime"):
+        runtime.renice_spooler(3)
+    assert "cannot set SPOOLKIT_SPOOLER_NICE=3 (Operation not permitted)" in caplog.text
+    assert "LimitNICE=+3" in caplog.text
