@@ -147,8 +147,22 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += ["", "Burst tail: 200 jobs of 5 ms, 2.5 ms apart (both consumers busy); tail = last job start - "
               "last enqueue. Backlog: N jobs queued while the consumers are stopped (SIGSTOP), drain timed "
-              "from their release. A step expected to take longer than its budget is skipped and says so.",
-              "", "![drain and pickup](results.png)", "", MARKER]  # fmt: skip
+              "from their release. A step expected to take longer than its budget is skipped and says so."]  # fmt: skip
+    if results.get("web_load"):
+        lines += ["", "## Drain under web load (disk)", "",
+                  "| system | spooler nice | drain/s, web idle | drain/s, web workers busy | busy / idle |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for row, data in results["web_load"].items():
+            nice = ", ".join(str(v) for v in data["spooler_nice"])
+            lines.append(
+                f"| {row} | {nice} | {_n(data['idle']['drain_per_s'])} | "
+                f"{_n(data['loaded']['drain_per_s'])} | {data['ratio']:.2f} |"
+            )
+        lines += ["", "2 web workers and 2 spoolers on 2 cores. A backlog of "
+                  f"{next(iter(results['web_load'].values()))['idle']['of']:,} jobs is released once with "
+                  "the web workers idle, once while wrk keeps them busy with requests that take 5 ms of "
+                  "CPU each (4 connections); drain = jobs started in the window / the window."]  # fmt: skip
+    lines += ["", "![drain and pickup](results.png)", "", MARKER]
     return "\n".join(lines) + "\n"
 
 

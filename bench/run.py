@@ -22,11 +22,26 @@ from bench.broker_bench import PEERS, BrokerDriver, RedisServer
 from bench.common import fs_of
 from bench.measure import Driver, Measure, core
 from bench.render import render
-from bench.uwsgi_bench import KIT, KIT_NORMAL, RAW, UWSGI_TASKS, UwsgiDriver, UwsgiSystem
+from bench.uwsgi_bench import (
+    KIT,
+    KIT_NORMAL,
+    RAW,
+    UWSGI_TASKS,
+    UwsgiDriver,
+    UwsgiSystem,
+    drain_under_web_load,
+)
 
 log = logging.getLogger("bench")
 UWSGI_SYSTEMS = [KIT, KIT_NORMAL, RAW, UWSGI_TASKS]
 ON_BOTH_FILESYSTEMS = {"kit", "raw"}
+#: Drained with idle and with busy web workers: (row, system, extra environment).
+UNDER_WEB_LOAD = [
+    ("kit", KIT, {}),
+    ("kit, SPOOLKIT_SPOOLER_NICE=10", KIT, {"SPOOLKIT_SPOOLER_NICE": "10"}),
+    ("kit, SPOOLKIT_SPOOLER_NICE=0", KIT, {"SPOOLKIT_SPOOLER_NICE": "0"}),
+    ("raw", RAW, {}),
+]
 
 
 @dataclass(frozen=True)
@@ -43,14 +58,17 @@ class Plan:
     far_pickups: int
     beside: int
     step_budget: float  # skip a scale step expected to take longer than this (seconds)
+    load_n: int  # backlog drained with idle, then busy, web workers
+    load_window: float  # seconds
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 1.0, 300, 1, 10, 1, 2, (200, 1000), 1000, 10, 300, 30.0)
+            return cls(True, 1.0, 300, 1, 10, 1, 2, (200, 1000), 1000, 10, 300, 30.0, 500, 2.0)
         return cls(
-            False, 5.0, 5000, 3, 100, 3, 10, (1000, 10_000, 100_000), 100_000, 50, 10_000, 240.0
-        )
+            False, 5.0, 5000, 3, 100, 3, 10, (1000, 10_000, 100_000), 100_000, 50, 10_000, 240.0,
+            10_000, 8.0,
+        )  # fmt: skip
 
 
 def adapted_n(driver: Driver, plan: Plan) -> int:
@@ -108,6 +126,19 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
     return out
 
 
+def web_load(plan: Plan, disk: Path, only: set[str]) -> dict[str, Any]:
+    """The spoolers' nice 19 at work: drain with idle, then busy, web workers."""
+    out = {}
+    for row, system, env in UNDER_WEB_LOAD:
+        if only and system.key not in only:
+            continue
+        log.info("drain under web load: %s", row)
+        driver = UwsgiDriver(system, disk / "web-load", extra_env=env, workers=2)
+        out[row] = drain_under_web_load(driver, plan.load_n, plan.load_window)
+        log.info("  %s", out[row])
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -146,7 +177,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes)")
     parser.add_argument("--only", default="", help="comma-separated system keys")
@@ -155,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tmpfs", default="/dev/shm/spoolkit-bench", help="base directory on tmpfs"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     plan = Plan.make(args.quick)
     only = {key for key in args.only.split(",") if key}
@@ -171,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "filesystems": {"disk": None, "tmpfs": None},
         "core": {},
         "extended": {},
+        "web_load": {},
         "labels": {},
         "promises": {},
     }
@@ -207,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("scale: %s", row)
             results["extended"][row] = extended(driver, plan, results["core"][row])
             log.info("  %s", results["extended"][row])
+        results["web_load"] = web_load(plan, disk, only)
     finally:
         if redis is not None:
             results["redis"] = {"port": redis.port}

@@ -12,15 +12,27 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, cpu_seconds, free_port, get_json, stop_tree, wait_for
+from bench.common import (
+    REPO,
+    cpu_seconds,
+    free_port,
+    get_json,
+    records_in,
+    stop_tree,
+    wait_for,
+    wait_records,
+)
+from bench.measure import Measure
 
 
 @dataclass(frozen=True)
@@ -58,11 +70,16 @@ UWSGI_TASKS = UwsgiSystem(
 
 class UwsgiDriver:
     def __init__(
-        self, system: UwsgiSystem, base: Path, extra_env: dict[str, str] | None = None
+        self,
+        system: UwsgiSystem,
+        base: Path,
+        extra_env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.system = system
         self.key, self.label, self.promises = system.key, system.label, system.promises
         self.base = base
+        self.workers = workers
         self.extra_env = {**dict(system.env), **(extra_env or {})}
         self.record = str(base / "records.bin")
         self.spool_dir = base / "spool" / "jobs"
@@ -81,7 +98,7 @@ class UwsgiDriver:
             return [uwsgi, "--ini", ini, "--module", self.system.module, "--harakiri", "0", *common]
         return [
             uwsgi, "--master", "--need-app", "--die-on-term", "--module", self.system.module,
-            "--http-socket", f"127.0.0.1:{self.port}", "--processes", "1",
+            "--http-socket", f"127.0.0.1:{self.port}", "--processes", str(self.workers),
             "--spooler", str(self.spool_dir), "--spooler-processes", "2",
             "--spooler-frequency", "1", "--spooler-quiet",
             "--stats", f"127.0.0.1:{self.stats_port}", *common,
@@ -97,7 +114,7 @@ class UwsgiDriver:
             SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
             SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
             SPOOLKIT_DATABASE=str(self.base / "spool" / "spoolkit.db"),
-            SPOOLKIT_WORKERS="1",
+            SPOOLKIT_WORKERS=str(self.workers),
             **self.extra_env,
         )
         log = open(self.base / "uwsgi.log", "wb")  # noqa: SIM115 - the child owns it
@@ -175,11 +192,24 @@ class UwsgiDriver:
             if "quarantine" not in p.parts
         ]
 
-    def wrk(self, seconds: int, connections: int = 32) -> dict[str, Any]:
-        """POST -> 202 over HTTP: the kit's POST /jobs, or a Flask route calling the system."""
+    def web_load(self, seconds: float, connections: int) -> subprocess.Popen[bytes]:
+        """Keep the web workers busy with 5 ms-of-CPU requests (wrk in the background)."""
+        return subprocess.Popen(
+            [self._wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+             self.url("/bench/burn?ms=5")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    @staticmethod
+    def _wrk() -> str:
         wrk = shutil.which("wrk")
         if wrk is None:
             raise RuntimeError("wrk is not installed (Debian package wrk)")
+        return wrk
+
+    def wrk(self, seconds: int, connections: int = 32) -> dict[str, Any]:
+        """POST -> 202 over HTTP: the kit's POST /jobs, or a Flask route calling the system."""
+        wrk = self._wrk()
         script = self.base / "post.lua"
         body = self.system.http_body.replace('"', '\\"')
         script.write_text(
@@ -204,3 +234,64 @@ class UwsgiDriver:
             "p99": latency.get("99", "?"),
             "non_2xx": int(non2xx.group(1)) if non2xx else 0,
         }
+
+
+def nice_of(pid: int) -> int:
+    """A process's niceness, from /proc/<pid>/stat (field 19)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
+
+
+def drain_under_web_load(
+    driver: UwsgiDriver, n: int, window: float, connections: int = 4
+) -> dict[str, Any]:
+    """Drain a backlog of n jobs with idle web workers, then with busy ones.
+
+    uWSGI starts every spooler at nice 19, so when the web workers (nice 0)
+    keep every core busy the spoolers get what is left. The backlog is queued
+    while the spoolers are stopped (SIGSTOP); the web load (wrk, 5 ms of CPU
+    per request, ``connections`` at once) runs from a second before the
+    release to the end of the window. Drain = jobs started in the window /
+    the window, or n / (last start - release) when all started sooner.
+    """
+    driver.start()
+    try:
+        measure = Measure(driver)
+        measure.drain(50)
+        out: dict[str, Any] = {}
+        for phase in ("idle", "loaded"):
+            first = measure.ids(n)
+            consumers = driver.consumer_pids()
+            for pid in consumers:
+                os.kill(pid, signal.SIGSTOP)
+            load = None
+            try:
+                driver.enqueue_many(first, n)
+                if phase == "loaded":
+                    load = driver.web_load(window + 5, connections)
+                    time.sleep(1.0)  # let wrk bring the web workers to full CPU
+            finally:
+                released = time.time()
+                for pid in consumers:
+                    os.kill(pid, signal.SIGCONT)
+            try:
+                while time.time() < released + window:
+                    if len(records_in(driver.record, first, n)) == n:
+                        break
+                    time.sleep(0.1)
+                starts = records_in(driver.record, first, n)
+            finally:
+                if load is not None:
+                    load.terminate()
+                    load.wait()
+            if len(starts) == n:
+                rate = n / (max(starts.values()) - released)
+            else:
+                rate = sum(1 for t in starts.values() if t <= released + window) / window
+            out[phase] = {"drain_per_s": rate, "started": len(starts), "of": n}
+            out["spooler_nice"] = [nice_of(pid) for pid in consumers]
+            wait_records(driver.record, first, n, 1800)  # the rest drains before the next phase
+        out["ratio"] = out["loaded"]["drain_per_s"] / out["idle"]["drain_per_s"]
+        return out
+    finally:
+        driver.stop()

@@ -59,6 +59,15 @@ def add_routes(
             time.sleep(gap)
         return {"last": last}
 
+    @app.get("/bench/burn")
+    def burn() -> dict[str, float]:
+        # Web load: a request that takes ``ms`` of CPU, like a view rendering a page.
+        until = time.process_time() + float(request.args.get("ms", 5)) / 1000
+        spins = 0
+        while time.process_time() < until:
+            spins += 1
+        return {"spins": spins}
+
     @app.post("/bench/http")
     def http_enqueue() -> tuple[str, int, dict[str, str]]:
         # The raw systems' HTTP route: parse the JSON body, spool, answer 202 JSON.
