@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -94,21 +95,30 @@ class Measure:
 
     def backlog(self, n: int, timeout: float = 1200) -> dict[str, float]:
         """n jobs queued while the consumers are stopped (SIGSTOP), then released."""
+        first, released, enqueue_per_s = self.release_backlog(n)
+        starts = wait_records(self.driver.record, first, n, timeout)
+        return {
+            "enqueue_per_s": enqueue_per_s,
+            "drain_per_s": n / (max(starts.values()) - released),
+        }
+
+    def release_backlog(
+        self, n: int, before_release: Callable[[], object] = lambda: None
+    ) -> tuple[int, float, float]:
+        """Queue n jobs with the consumers stopped (SIGSTOP), call ``before_release``,
+        release them (SIGCONT). Returns (first job number, release time, enqueue rate)."""
         first = self.ids(n)
         consumers = self.driver.consumer_pids()
         for pid in consumers:
             os.kill(pid, signal.SIGSTOP)
         try:
             t0, t1, _ = self.driver.enqueue_many(first, n)
+            before_release()
         finally:
             released = time.time()
             for pid in consumers:
                 os.kill(pid, signal.SIGCONT)
-        starts = wait_records(self.driver.record, first, n, timeout)
-        return {
-            "enqueue_per_s": n / (t1 - t0),
-            "drain_per_s": n / (max(starts.values()) - released),
-        }
+        return first, released, n / (t1 - t0)
 
     def far_future(self, n: int) -> float:
         return self.driver.enqueue_far(self.ids(n), n, time.time() + 86400)

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -259,21 +258,14 @@ def drain_under_web_load(
         measure = Measure(driver)
         measure.drain(50)
         out: dict[str, Any] = {}
-        for phase in ("idle", "loaded"):
-            first = measure.ids(n)
-            consumers = driver.consumer_pids()
-            for pid in consumers:
-                os.kill(pid, signal.SIGSTOP)
-            load = None
-            try:
-                driver.enqueue_many(first, n)
-                if phase == "loaded":
-                    load = driver.web_load(window + 5, connections)
-                    time.sleep(1.0)  # let wrk bring the web workers to full CPU
-            finally:
-                released = time.time()
-                for pid in consumers:
-                    os.kill(pid, signal.SIGCONT)
+        loads: list[subprocess.Popen[bytes]] = []
+
+        def start_load() -> None:
+            loads.append(driver.web_load(window + 5, connections))
+            time.sleep(1.0)  # let wrk bring the web workers to full CPU
+
+        for phase, before_release in (("idle", lambda: None), ("loaded", start_load)):
+            first, released, _ = measure.release_backlog(n, before_release)
             try:
                 while time.time() < released + window:
                     if len(records_in(driver.record, first, n)) == n:
@@ -281,7 +273,8 @@ def drain_under_web_load(
                     time.sleep(0.1)
                 starts = records_in(driver.record, first, n)
             finally:
-                if load is not None:
+                while loads:
+                    load = loads.pop()
                     load.terminate()
                     load.wait()
             if len(starts) == n:
@@ -289,7 +282,7 @@ def drain_under_web_load(
             else:
                 rate = sum(1 for t in starts.values() if t <= released + window) / window
             out[phase] = {"drain_per_s": rate, "started": len(starts), "of": n}
-            out["spooler_nice"] = [nice_of(pid) for pid in consumers]
+            out["spooler_nice"] = [nice_of(pid) for pid in driver.consumer_pids()]
             wait_records(driver.record, first, n, 1800)  # the rest drains before the next phase
         out["ratio"] = out["loaded"]["drain_per_s"] / out["idle"]["drain_per_s"]
         return out
