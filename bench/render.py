@@ -45,7 +45,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 (f"idle pickup p50 <= 2x raw ({place})", f"{pick:.2f}x", verdict(pick <= 2))
             )
     kit = _row(core, "kit@disk")
-    peers = {k: v for k, v in core.items() if k.split("@")[0] not in {"kit", "raw", "uwsgi-tasks"}}
+    ours = {"kit", "kit-normal", "raw", "uwsgi-tasks"}  # the kit and the uWSGI floor, not peers
+    peers = {k: v for k, v in core.items() if k.split("@")[0] not in ours}
     if kit and peers:
         best = max(peers.items(), key=lambda item: item[1]["drain_per_s"])
         rows.append(("drain ahead of every peer", f"kit {_n(kit['drain_per_s'])}/s vs best peer "
