@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint typecheck pytest system-deps soak bench bench-quick clean
+.PHONY: run test check lint typecheck pytest system-deps soak bench bench-quick bench-profile clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench: bench/.venv/.installed system-deps
 # The same, CI-sized (a few minutes), into bench/quick/: proves the benchmark still runs.
 bench-quick: bench/.venv/.installed system-deps
 	$(BENCH)/python -m bench.run --quick
+
+# Where the kit's time goes per job (py-spy, strace -c; about a minute): bench/PROFILE.md.
+bench-profile: bench/.venv/.installed system-deps
+	$(BENCH)/python -m bench.profile
 
 clean:
 	rm -rf $(VENV) bench/.venv .pytest_cache .mypy_cache .ruff_cache

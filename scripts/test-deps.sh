@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: nginx (in front of uWSGI),
 # systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config),
-# wrk (the load test and the benchmark), redis-server (the benchmark's peers).
+# wrk (the load test and the benchmark), redis-server (the benchmark's peers),
+# strace (make bench-profile).
 # Installs only what is missing; called by `make test`.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ have shellcheck || need+=(shellcheck)
 have logrotate || need+=(logrotate)
 have wrk || need+=(wrk)
 have redis-server || need+=(redis-server)
+have strace || need+=(strace)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

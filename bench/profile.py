@@ -1,0 +1,189 @@
+"""Where the kit's time goes per job: ``python -m bench.profile`` (``make bench-profile``).
+
+Starts the kit as the benchmark does (bench/uwsgi_bench.py, default
+settings, spool and store on the disk directory), then drains jobs twice:
+once under py-spy (sampling the web worker that runs the producer loop and
+both spoolers, without pausing them) and once under ``strace -c`` (system
+calls of the web worker and one spooler). Writes the summary to
+bench/PROFILE.md and the raw collapsed stacks next to it in
+bench/profile-raw/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import fs_of, wait_for
+from bench.measure import Measure
+from bench.uwsgi_bench import KIT, UwsgiDriver
+
+log = logging.getLogger("bench.profile")
+HERE = Path(__file__).resolve().parent
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise RuntimeError(f"{name} is not installed")
+    return found
+
+
+def short(path: str) -> str:
+    """site-packages/flask/app.py -> flask/app.py; /repo/spoolkit/store.py -> spoolkit/store.py."""
+    for marker in ("site-packages/", "lib/python3", str(HERE.parent) + "/"):
+        if marker in path:
+            tail = path.split(marker, 1)[1]
+            return tail.split("/", 1)[1] if marker == "lib/python3" else tail
+    return path
+
+
+def read_stacks(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
+    """py-spy's raw (collapsed) format: ``frame;frame;...;leaf count`` per line."""
+    stacks = []
+    for line in path.read_text().splitlines():
+        text, _, count = line.rpartition(" ")
+        frames = []
+        for frame in text.split(";"):
+            match = FRAME.match(frame.strip())
+            if match:
+                frames.append((match["function"], short(match["file"])))
+        if frames:
+            stacks.append((frames, int(count)))
+    return stacks
+
+
+#: The leaf of a sample that sleeps in the store's back-off, waiting for SQLite's write lock.
+LOCK_WAIT = ("SQLiteStore._locked", "spoolkit/store.py")
+
+
+def summarize(stacks: list[tuple[list[tuple[str, str]], int]], top: int) -> list[str]:
+    """Tables of where the working samples are; lock-wait samples are counted apart."""
+    everything = sum(count for _, count in stacks) or 1
+    waiting = sum(count for frames, count in stacks if frames[-1] == LOCK_WAIT)
+    stacks = [(frames, count) for frames, count in stacks if frames[-1] != LOCK_WAIT]
+    total = sum(count for _, count in stacks) or 1
+    by_file: collections.Counter[str] = collections.Counter()
+    by_leaf: collections.Counter[str] = collections.Counter()
+    for frames, count in stacks:
+        for file in {file for _, file in frames}:
+            by_file[file] += count
+        function, file = frames[-1]
+        by_leaf[f"`{function}` ({file})"] += count
+    share = 100 * waiting / everything
+    lines = [f"{everything:,} samples with Python frames; {share:.0f} % of them "
+             "sleep in the store's back-off, waiting for SQLite's write lock (py-spy pauses the "
+             "process it samples, the lock holder too, which inflates this share). The tables are "
+             f"the other {total:,} samples.", "",
+             "| module (inclusive: samples with a frame in it) | % |", "|---|---|"]  # fmt: skip
+    lines += [f"| {file} | {100 * n / total:.1f} |" for file, n in by_file.most_common(top)]
+    lines += ["", "| leaf function (self time) | % |", "|---|---|"]
+    lines += [f"| {name} | {100 * n / total:.1f} |" for name, n in by_leaf.most_common(top)]
+    return lines
+
+
+def strace_table(path: Path, top: int, jobs: int) -> list[str]:
+    """strace -c -w: wall-clock time in each system call (sleeps and disk waits included)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        parts = line.split()
+        if len(parts) >= 5 and re.match(r"^\d+\.\d+$", parts[0]) and parts[-1] != "total":
+            rows.append((float(parts[1]), int(parts[3]), parts[-1]))
+    rows.sort(reverse=True)
+    lines = ["| syscall | seconds (wall) | calls | calls per job | us per call |"]
+    lines.append("|---|---|---|---|---|")
+    lines += [
+        f"| {name} | {seconds:.3f} | {calls:,} | {calls / jobs:.2f} | {seconds * 1e6 / calls:.0f} |"
+        for seconds, calls, name in rows[:top]
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=6000, help="jobs per profiled drain")
+    parser.add_argument("--disk", default="/tmp/spoolkit-bench", help="base directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    raw_dir = HERE / "profile-raw"
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    raw_dir.mkdir()
+    driver = UwsgiDriver(KIT, Path(args.disk) / "profile")
+    driver.start()
+    try:
+        measure = Measure(driver)
+        measure.drain(200)  # warm-up
+        roles = {"web worker": driver.worker_pids(), "spoolers": driver.consumer_pids()}
+        spies = []
+        for role, pids in roles.items():
+            for pid in pids:
+                out = raw_dir / f"{role.replace(' ', '-')}-{pid}.txt"
+                spies.append((role, out, subprocess.Popen(
+                    [tool("py-spy"), "record", "-r", "200", "-f", "raw",
+                     "-o", str(out), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )))  # fmt: skip
+        time.sleep(1.0)  # py-spy attaches
+        spied = measure.drain(args.n)
+        for _, _, spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for _, out, spy in spies:
+            spy.wait(timeout=60)
+            wait_for(out.exists, 10, f"{out.name}")
+        log.info("py-spy drain: %s", spied)
+
+        traces = []
+        traced_pids = {"web worker": roles["web worker"][0], "spooler": roles["spoolers"][0]}
+        for role, pid in traced_pids.items():
+            out = raw_dir / f"strace-{role.replace(' ', '-')}.txt"
+            traces.append((role, out, subprocess.Popen(
+                [tool("strace"), "-c", "-w", "-o", str(out), "-p", str(pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )))  # fmt: skip
+        time.sleep(1.0)
+        traced = measure.drain(args.n // 3)
+        for _, _, trace in traces:
+            trace.send_signal(signal.SIGINT)
+        for _, _, trace in traces:
+            trace.wait(timeout=60)
+        log.info("strace drain: %s", traced)
+    finally:
+        driver.stop()
+
+    lines = [
+        "# Where the kit's time goes",
+        "",
+        f"Generated by `make bench-profile` (`python -m bench.profile`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: the kit with default settings "
+        f"(bench/uwsgi_bench.py), spool and store on {fs_of(Path(args.disk))}, no-op task, "
+        f"{args.n:,} jobs enqueued by one loop in the web worker while 2 spoolers drain them.",
+        "",
+        f"Under py-spy (200 Hz): enqueue {spied['enqueue_per_s']:,.0f}/s, drain "
+        f"{spied['drain_per_s']:,.0f}/s, CPU per job {spied['cpu_ms_producer']:.3f} ms producer + "
+        f"{spied['cpu_ms_consumers']:.3f} ms spoolers (both profilers slow the processes; "
+        "bench/RESULTS.md has the unprofiled rates).",
+        "",
+    ]
+    for role in roles:
+        stacks = [s for r, out, _ in spies if r == role for s in read_stacks(out)]
+        lines += [f"## {role} (py-spy)", "", *summarize(stacks, 14), ""]
+    for role, out, _ in traces:
+        lines += [f"## {role}: system calls (strace -c -w, {args.n // 3:,} jobs)", "",
+                  *strace_table(out, 12, args.n // 3), ""]  # fmt: skip
+    (HERE / "PROFILE.md").write_text("\n".join(lines))
+    log.info("wrote %s", HERE / "PROFILE.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
