@@ -73,11 +73,16 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total / CLOCK_TICKS
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def rss_mib(pid: int) -> float | None:
+    """VmRSS of a live process; None for one that is gone or a zombie (RQ's forks)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return 0.0
+    return None
 
 
 def descendants(pid: int) -> list[int]:

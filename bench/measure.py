@@ -124,7 +124,8 @@ class Measure:
         return self.driver.enqueue_far(self.ids(n), n, time.time() + 86400)
 
     def consumer_rss(self) -> list[float]:
-        return [round(rss_mib(pid), 1) for pid in self.driver.consumer_pids()]
+        found = (rss_mib(pid) for pid in self.driver.consumer_pids())
+        return [round(rss, 1) for rss in found if rss is not None]
 
 
 def core(driver: Driver, n: int, trials: int, pickups: int) -> dict[str, Any]:

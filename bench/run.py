@@ -89,11 +89,14 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
     out: dict[str, Any] = {}
     enqueue, drain = rates["enqueue_per_s"], rates["drain_per_s"]
 
-    def affordable(n: int) -> bool:
-        # The uWSGI systems always run every size: the targets are about them,
+    def affordable(seconds: float) -> bool:
+        # The uWSGI systems always run every step: the targets are about them,
         # and they take minutes. The budget keeps the slow peers (RQ forks a
         # process per job) from stretching the run past 20 minutes.
-        return isinstance(driver, UwsgiDriver) or n / enqueue + n / drain <= plan.step_budget
+        return isinstance(driver, UwsgiDriver) or seconds <= plan.step_budget
+
+    def cost(n: int) -> float:  # expected seconds to queue and drain n jobs
+        return n / enqueue + n / drain
 
     driver.start()
     try:
@@ -105,22 +108,21 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
         rss_before = measure.consumer_rss()
         out["backlog"] = {}
         for n in plan.backlogs:
-            if affordable(n):
+            if affordable(cost(n)):
                 out["backlog"][str(n)] = measure.backlog(n)
             else:
-                out["backlog"][str(n)] = {
-                    "skipped": f"would take ~{(n / enqueue + n / drain) / 60:.0f} min"
-                }
+                out["backlog"][str(n)] = {"skipped": f"would take ~{cost(n) / 60:.0f} min"}
         out["consumer_rss_mib"] = {"before": rss_before, "after": measure.consumer_rss()}
         if driver.key == "uwsgi-tasks":
             out["far"] = {"skipped": "uwsgi-tasks has no per-call at"}
-        elif plan.far / enqueue <= plan.step_budget and affordable(plan.beside):
+        elif affordable(plan.far / enqueue + cost(plan.beside)):
             far: dict[str, Any] = {"jobs": plan.far, "enqueue_per_s": measure.far_future(plan.far)}
             far["pickup"] = measure.pickup(plan.far_pickups, seed=13)
             far["backlog"] = measure.backlog(plan.beside)
             out["far"] = far
         else:
-            out["far"] = {"skipped": f"would take ~{plan.far / enqueue / 60:.0f} min to queue"}
+            minutes = (plan.far / enqueue + cost(plan.beside)) / 60
+            out["far"] = {"skipped": f"would take ~{minutes:.0f} min"}
     finally:
         driver.stop()
     return out
