@@ -29,14 +29,16 @@ from .support import UwsgiServer, descendants, wait_for
 pytestmark = pytest.mark.e2e
 
 SOAK = os.environ.get("SPOOLKIT_SOAK") == "1"
+# Read at import: the autouse fixture clears SPOOLKIT_* before every test.
+REPORT = os.environ.get("SPOOLKIT_REPORT")
 
 
 def report(name: str, **figures: Any) -> None:
     """Print a summary line; in a soak run also append it to $SPOOLKIT_REPORT."""
     line = json.dumps({"test": name, "soak": SOAK, **figures})
     print(line)
-    if os.environ.get("SPOOLKIT_REPORT"):
-        with open(os.environ["SPOOLKIT_REPORT"], "a", encoding="utf-8") as out:
+    if REPORT:
+        with open(REPORT, "a", encoding="utf-8") as out:
             out.write(line + "\n")
 
 
