@@ -115,9 +115,16 @@ def stop_tree(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-    for pid in family:
+    signal_pids(family, signal.SIGKILL)
+
+
+def signal_pids(pids: list[int], sig: int) -> None:
+    """Signal each pid that still exists. A consumer list is a snapshot: a fork-per-job
+    worker (RQ's work horse) may have exited between listing and signalling, and a
+    process that is gone can neither run a job nor need waking."""
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
 
 
 def percentile(values: list[float], pct: float) -> float:

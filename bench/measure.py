@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
@@ -10,7 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench.common import cpu_seconds, median, percentile, rss_mib, wait_records
+from bench.common import (
+    cpu_seconds,
+    median,
+    percentile,
+    rss_mib,
+    signal_pids,
+    wait_records,
+)
 
 
 class Driver(Protocol):
@@ -109,15 +115,13 @@ class Measure:
         release them (SIGCONT). Returns (first job number, release time, enqueue rate)."""
         first = self.ids(n)
         consumers = self.driver.consumer_pids()
-        for pid in consumers:
-            os.kill(pid, signal.SIGSTOP)
+        signal_pids(consumers, signal.SIGSTOP)
         try:
             t0, t1, _ = self.driver.enqueue_many(first, n)
             before_release()
         finally:
             released = time.time()
-            for pid in consumers:
-                os.kill(pid, signal.SIGCONT)
+            signal_pids(consumers, signal.SIGCONT)
         return first, released, n / (t1 - t0)
 
     def far_future(self, n: int) -> float:
