@@ -166,6 +166,10 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{next(iter(results['web_load'].values()))['idle']['of']:,} jobs is released once with "
                   "the web workers idle, once while wrk keeps them busy with requests that take 5 ms of "
                   "CPU each (4 connections); drain = jobs started in the window / the window."]  # fmt: skip
+    if results.get("errors"):
+        lines += ["", "## Steps that failed", "",
+                  "A peer's failed step is recorded here and the run goes on; its figures are absent above.", ""]  # fmt: skip
+        lines += [f"- {step}: `{error}`" for step, error in results["errors"].items()]
     lines += ["", "![drain and pickup](results.png)", "", MARKER]
     return "\n".join(lines) + "\n"
 

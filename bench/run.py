@@ -7,12 +7,14 @@ Writes results.json, RESULTS.md and results.png into the output directory
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +143,25 @@ def web_load(plan: Plan, disk: Path, only: set[str]) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def peer_failure_recorded(driver: Driver, step: str, errors: dict[str, str]) -> Iterator[None]:
+    """A peer's failed step is written into the results and the run goes on.
+
+    The peers are the comparison, not the subject: one of them tripping over
+    the harness (a fork-per-job worker exiting mid-signal, a broker hiccup)
+    must not throw away every other figure. The uWSGI systems are the subject,
+    so their failures still abort the run and fail ``make bench``.
+    """
+    if isinstance(driver, UwsgiDriver):
+        yield
+        return
+    try:
+        yield
+    except Exception as exc:  # recorded in results.json and RESULTS.md
+        log.exception("%s failed; recorded, the run goes on", step)
+        errors[step] = f"{type(exc).__name__}: {exc}"
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -211,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "web_load": {},
         "labels": {},
         "promises": {},
+        "errors": {},
     }
 
     def wanted(key: str) -> bool:
@@ -232,19 +254,21 @@ def main(argv: list[str] | None = None) -> int:
         drivers += [(f"{peer.key}@disk", peer) for peer in peers]
         for row, driver in drivers:
             log.info("main table: %s", row)
-            n = adapted_n(driver, plan)
             base = driver.base
             results["filesystems"]["tmpfs" if "@tmpfs" in row else "disk"] = fs_of(base.parent)
-            results["core"][row] = core(driver, n, plan.trials, plan.pickups)
             results["labels"][driver.key] = driver.label
             results["promises"][driver.key] = driver.promises
-            log.info("  %s", {k: v for k, v in results["core"][row].items() if k != "trials"})
+            with peer_failure_recorded(driver, f"{row}: main table", results["errors"]):
+                n = adapted_n(driver, plan)
+                results["core"][row] = core(driver, n, plan.trials, plan.pickups)
+                log.info("  %s", {k: v for k, v in results["core"][row].items() if k != "trials"})
         for row, driver in drivers:
-            if row.endswith("@tmpfs"):
+            if row.endswith("@tmpfs") or row not in results["core"]:
                 continue
             log.info("scale: %s", row)
-            results["extended"][row] = extended(driver, plan, results["core"][row])
-            log.info("  %s", results["extended"][row])
+            with peer_failure_recorded(driver, f"{row}: scale", results["errors"]):
+                results["extended"][row] = extended(driver, plan, results["core"][row])
+                log.info("  %s", results["extended"][row])
         results["web_load"] = web_load(plan, disk, only)
     finally:
         if redis is not None:
