@@ -2,6 +2,7 @@
 
 from .api import accepted, json_http_error
 from .context import current_job
+from .decorator import spool
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -19,7 +20,7 @@ from .extension import SpoolKit
 from .job import Job, JobError, Progress
 from .retry import Retry, RetryPolicy
 from .states import JobState
-from .task import Task, spool
+from .task import Task
 
 __all__ = [
     # the extension and tasks

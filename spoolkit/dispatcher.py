@@ -1,6 +1,10 @@
 """The callable uWSGI gives every spool file to (``uwsgi.spooler``).
 
-How the spooler's return codes map onto jobs:
+uWSGI has one such callable per process; each spooler runner set up in the
+process registers here for its spool directory, and the :class:`Dispatcher` hands
+a file to the runner of the directory it was found in (uWSGI ``chdir()``\\ s
+into the spool directory, or a priority subdirectory of it, before the
+call). How the spooler's return codes map onto jobs:
 
 * ``SPOOL_OK``: the job is finished (succeeded, failed for good), or the
   file is stale (cancelled job, re-spooled elsewhere), or it was copied to
@@ -9,7 +13,7 @@ How the spooler's return codes map onto jobs:
   the file's mtime (uWSGI's ``at``) to the retry time, so uWSGI skips it
   until then instead of re-running it on every scan.
 
-This function never raises: an exception here would make uWSGI retry the
+The dispatcher never raises: an exception here would make uWSGI retry the
 file on every scan with no record of why.
 """
 
@@ -19,15 +23,11 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-from .backends import SpoolerBackend
-from .encoding import from_spool_dict
-from .errors import DecodeError, StoreUnavailable
-from .runtime import renice_spooler
+from .errors import StoreUnavailable
+from .runtime import uwsgi_module
 from .schedule import spool_mtime
-from .service import JobService, current_service
-from .worker import Verdict
 
 log = logging.getLogger("spoolkit.dispatcher")
 
@@ -35,82 +35,75 @@ SPOOL_OK = -2
 SPOOL_RETRY = -1
 #: After an unexpected error, leave the file alone this long (no retry storm).
 ERROR_PAUSE = 5.0
-#: The spooler process that has applied SPOOLKIT_SPOOLER_NICE (set after each fork).
-_reniced_pid: int | None = None
 
 
-def spooler(spool: Mapping[Any, Any]) -> int:
-    raw_name = spool.get("spooler_task_name", b"")
-    name = os.path.basename(raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name))
-    directory = os.getcwd()  # uWSGI chdir()s into the spool (or priority) directory
-    try:
-        service = current_service()
-    except Exception:
-        log.exception("spool file %s: spoolkit is not set up in this spooler; retrying later", name)
+class SpoolHandler(Protocol):
+    """A spooler runner, as the dispatcher sees it."""
+
+    @property
+    def spool_path(self) -> str: ...
+
+    def handle(self, spool: Mapping[Any, Any], name: str, directory: str) -> int:
+        """Run the job of spool file ``name`` in ``directory``; a uWSGI return code."""
+        ...
+
+
+class Dispatcher:
+    """uWSGI's ``spooler`` callable: hands each file to the runner of its directory.
+
+    Kept on the ``uwsgi`` module itself (the one place uWSGI looks), so every
+    runner set up in the process adds its directory to the same dispatcher.
+    """
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, SpoolHandler] = {}
+
+    def handler_for(self, directory: str) -> SpoolHandler | None:
+        """The runner of ``directory``, or of its parent for a priority subdirectory."""
+        found = self.handlers.get(directory)
+        if found is None and os.path.basename(directory).isdigit():
+            found = self.handlers.get(os.path.dirname(directory))
+        return found
+
+    def __call__(self, spool: Mapping[Any, Any]) -> int:
+        name = "(unnamed)"
+        directory = "."
+        try:
+            directory = os.getcwd()
+            raw = spool.get("spooler_task_name", b"")
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            name = os.path.basename(text)
+            handler = self.handler_for(directory)
+            if handler is None:
+                log.error("spool file %s in %s: no spoolkit app serves this directory; "
+                          "retrying in %.0fs", name, directory, ERROR_PAUSE)  # fmt: skip
+                postpone(directory, name, time.time() + ERROR_PAUSE)
+                return SPOOL_RETRY
+            return handler.handle(spool, name, directory)
+        except StoreUnavailable as exc:
+            log.warning("spool file %s: %s; retrying in %.0fs", name, exc, ERROR_PAUSE)
+        except Exception:
+            log.exception("spool file %s: unexpected error; retrying in %.0fs", name, ERROR_PAUSE)
+        postpone(directory, name, time.time() + ERROR_PAUSE)
         return SPOOL_RETRY
-    global _reniced_pid
-    if _reniced_pid != os.getpid():
-        _reniced_pid = os.getpid()
-        renice_spooler(service.config.spooler_nice)
-    try:
-        return _dispatch(service, spool, name, directory)
-    except StoreUnavailable as exc:
-        log.warning("spool file %s: %s; retrying in %.0fs", name, exc, ERROR_PAUSE)
-        _postpone(service, directory, name, time.time() + ERROR_PAUSE)
-        return SPOOL_RETRY
-    except Exception:
-        log.exception("spool file %s: unexpected error; retrying in %.0fs", name, ERROR_PAUSE)
-        _postpone(service, directory, name, time.time() + ERROR_PAUSE)
-        return SPOOL_RETRY
 
 
-def _dispatch(service: JobService, spool: Mapping[Any, Any], name: str, directory: str) -> int:
-    try:
-        envelope = from_spool_dict(spool)
-    except DecodeError as exc:
-        return _quarantine(service, directory, name, str(exc))
-    backend = service.backend
-    # The row names the file by its path under the spool directory ("07/..." for priority 7).
-    token = (
-        backend.directory.relative_of(directory, name)
-        if isinstance(backend, SpoolerBackend)
-        else name
-    )
-    step = service.worker.process(
-        envelope.job_id, token, envelope.task, envelope.args, envelope.kwargs
-    )
-    if step.verdict is Verdict.QUARANTINE:
-        return _quarantine(service, directory, name, step.reason)
-    if step.verdict is Verdict.AGAIN:
-        if step.at is not None:
-            _postpone(service, directory, name, step.at)
-        return SPOOL_RETRY
-    return SPOOL_OK
+def install(handler: SpoolHandler) -> None:
+    """Make the kit's dispatcher ``uwsgi.spooler`` and route ``handler``'s directory to it."""
+    uwsgi = uwsgi_module()
+    if uwsgi is None:
+        return
+    current = getattr(uwsgi, "spooler", None)
+    dispatcher = current if isinstance(current, Dispatcher) else Dispatcher()
+    dispatcher.handlers[handler.spool_path] = handler
+    setattr(uwsgi, "spooler", dispatcher)  # noqa: B010 - a C module attribute uWSGI reads
 
 
-def _postpone(service: JobService, directory: str, name: str, at: float) -> None:
-    """Set the file's mtime (its ``at``) by path; never open the file we hold locked."""
+def postpone(directory: str, name: str, at: float) -> None:
+    """Set the file's mtime (its ``at``) by path; never open the file a spooler holds locked."""
     try:
         os.utime(os.path.join(directory, name), (spool_mtime(at, 0), spool_mtime(at, 0)))
     except FileNotFoundError:
         log.warning("spool file %s vanished while its job ran", name)
     except OSError as exc:
         log.error("spool file %s: cannot set its retry time: %s", name, exc)
-
-
-def _quarantine(service: JobService, directory: str, name: str, reason: str) -> int:
-    backend = service.backend
-    kept = (
-        backend.directory.quarantine(directory, name)
-        if isinstance(backend, SpoolerBackend)
-        else None
-    )
-    if kept is None:
-        # Could not keep a copy: do not destroy the only one. Park it for a day.
-        log.error(
-            "spool file %s rejected (%s) but could not be quarantined; parked for 24h", name, reason
-        )
-        _postpone(service, directory, name, time.time() + 86400)
-        return SPOOL_RETRY
-    log.error("spool file %s rejected: %s; moved to %s", name, reason, kept)
-    return SPOOL_OK

@@ -90,10 +90,6 @@ def encode_result(task: str, value: object) -> str:
         ) from None
 
 
-def decode_result(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def to_spool_entries(job_id: str, task: str, payload: str) -> tuple[dict[bytes, bytes], bytes]:
     """The packet variables and body of a spool file for one job."""
     packet = {b"spoolkit": ENVELOPE_VERSION, b"job": job_id.encode(), b"task": task.encode()}

@@ -4,51 +4,37 @@ from __future__ import annotations
 
 import importlib
 import logging
-import time
 
-from flask import Flask, current_app
+from flask import Flask
 
 from . import api, cli, runtime
-from .backends import Backend, EagerBackend, LocalBackend, SpoolerBackend
 from .config import Config, load_config
+from .eager import EagerRunner
 from .errors import ConfigurationError
 from .job import Job
+from .local import LocalRunner
 from .registry import TaskRegistry, default_registry
-from .service import JobService, set_process_service
-from .spoolfile import SpoolDirectory
+from .runner import Runner
+from .service import JobService, current_service
+from .spooler import SpoolerRunner
+from .sqlite import SQLiteStore
 from .states import JobState
-from .store import SQLiteStore
+from .task import EXTENSION_KEY
 
 log = logging.getLogger("spoolkit")
 
-EXTENSION_KEY = "spoolkit"
-_TRUE = {"1", "true", "yes", "on"}
+#: Every app's service set up in this process, in order: the housekeeping mule
+#: (forked from the uWSGI master after the apps were loaded) looks after each.
+services: list[JobService] = []
 
 
-def _choose_backend(config: Config) -> Backend:
+def choose_runner(config: Config) -> type[SpoolerRunner | LocalRunner | EagerRunner]:
+    """Eager when asked for; under uWSGI its spoolers; else threads of this process."""
     if config.eager:
-        log.warning("SPOOLKIT_EAGER is on: jobs run inside delay(), at once (tests only)")
-        return EagerBackend()
+        return EagerRunner
     if runtime.uwsgi_module() is not None:
-        path = runtime.spooler_directory()
-        waker = runtime.SpoolerWaker(path)
-        directory = SpoolDirectory(path, wake=waker)
-        directory.prepare()
-        ordered = (runtime.uwsgi_option("spooler-ordered") or "").lower() in _TRUE
-        backend = SpoolerBackend(directory, ordered=ordered, waker=waker)
-        if runtime.in_master_before_fork() and runtime.uwsgi_option("spooler"):
-            # After a crash of the machine, files can be torn; uWSGI handles
-            # those badly (see SpoolDirectory.is_torn), so set them aside
-            # before any spooler scans. Their jobs are spooled again from the
-            # store by the housekeeper.
-            backend.spooled_files(time.time(), check_all=True)
-        return backend
-    log.warning(
-        "not running under uWSGI: jobs run in %d threads of this process "
-        "(local mode; SPOOLKIT_LOCAL_WORKERS). Run 'uwsgi --ini uwsgi.ini' for spoolers.",
-        config.local_workers,
-    )
-    return LocalBackend(config.local_workers)
+        return SpoolerRunner
+    return LocalRunner
 
 
 class SpoolKit:
@@ -74,46 +60,35 @@ class SpoolKit:
                 raise ConfigurationError(
                     f"SPOOLKIT_IMPORTS: cannot import {module!r}: {exc}"
                 ) from exc
-        backend = _choose_backend(config)
-        # Under uWSGI the housekeeping mule checkpoints the WAL every half second;
-        # the high threshold only guards a set-up without the mule.
-        autocheckpoint = 10_000 if backend.name == "spooler" else 1000
+        runner_class = choose_runner(config)
+        # Where a housekeeping mule checkpoints the WAL every half second, the
+        # high threshold only guards a set-up without the mule.
+        autocheckpoint = 10_000 if runner_class.housekept else 1000
         store = SQLiteStore(config.database, synchronous=config.sync, timeout=config.store_timeout,
                             autocheckpoint=autocheckpoint)  # fmt: skip
         store.setup()
-        service = JobService(app, config, self.registry, store, backend)
-        backend.attach(service)
+        runner: Runner = runner_class(app, config, store, self.registry)
+        service = JobService(app, config, self.registry, store, runner)
         app.extensions[EXTENSION_KEY] = service
-        set_process_service(service)
+        services.append(service)
         app.before_request(api.refuse_truncated_request)
         app.register_blueprint(api.blueprint)
         app.add_url_rule("/healthz", "spoolkit_health", api.health)
         app.cli.add_command(cli.group)
-        if backend.name == "spooler":
-            runtime.install_dispatcher()
-        log.info("%s mode, store %s, tasks: %s", backend.name, store.path,
+        log.info("%s mode, store %s, tasks: %s", runner.name, store.path,
                  ", ".join(self.registry.names()) or "none")  # fmt: skip
-
-    @staticmethod
-    def _service() -> JobService:
-        service = current_app.extensions.get(EXTENSION_KEY)
-        if not isinstance(service, JobService):
-            raise RuntimeError(
-                "SpoolKit is not set up on this app. Did you forget to call init_app?"
-            )
-        return service
 
     def get_job(self, job_id: str) -> Job:
         """The job's current state; :class:`~spoolkit.errors.JobNotFound` if unknown."""
-        return self._service().get(job_id)
+        return current_service().get(job_id)
 
     def list_jobs(
         self, state: JobState | None = None, task: str | None = None, limit: int = 50
     ) -> list[Job]:
-        return self._service().list_jobs(state=state, task=task, limit=limit)
+        return current_service().list_jobs(state=state, task=task, limit=limit)
 
     def cancel(self, job_id: str) -> Job:
-        return self._service().cancel(job_id)
+        return current_service().cancel(job_id)
 
     def retry(self, job_id: str) -> Job:
-        return self._service().retry(job_id)
+        return current_service().retry(job_id)

@@ -26,15 +26,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from . import runtime
-from .backends import HOUSEKEEPER_KEY
+from .config import Config
 from .job import Job
+from .runner import Runner
 from .states import WAITING, JobState
-
-if TYPE_CHECKING:
-    from .service import JobService
+from .store import HOUSEKEEPER_BEAT, Store
 
 log = logging.getLogger("spoolkit.housekeeping")
 
@@ -57,17 +54,18 @@ class Report:
 
 
 class Housekeeper:
-    def __init__(self, service: JobService) -> None:
-        self.service = service
+    def __init__(self, store: Store, runner: Runner, config: Config) -> None:
+        self.store = store
+        self.runner = runner
+        self.config = config
         self._cursor = ""
 
     def run_once(self, now: float | None = None, limit: int | None = PASS_LIMIT) -> Report:
         """One pass over up to ``limit`` unfinished jobs (all with ``None``)."""
-        service = self.service
-        store, backend = service.store, service.backend
+        store = self.store
         now = time.time() if now is None else now
         report = Report()
-        files = backend.spooled_files(now)
+        on_its_way = self.runner.survey(now)
         seen = 0
         while limit is None or seen < limit:
             jobs = store.unfinished(self._cursor, BATCH, updated_before=now - GRACE_SECONDS)
@@ -77,31 +75,33 @@ class Housekeeper:
             self._cursor = jobs[-1].id
             seen += len(jobs)
             for job in jobs:
-                if not backend.delivery_ok(job, files, now):
+                if not on_its_way(job):
                     self._recover(job, report)
-        if service.config.result_ttl > 0:
-            while purged := store.purge(now - service.config.result_ttl):
+        if self.config.result_ttl > 0:
+            while purged := store.purge(now - self.config.result_ttl):
                 report.purged += purged
-        store.set_meta(HOUSEKEEPER_KEY, repr(now))
+        store.set_meta(HOUSEKEEPER_BEAT, repr(now))
         return report
 
     def _recover(self, job: Job, report: Report) -> None:
-        store, backend = self.service.store, self.service.backend
+        store, runner = self.store, self.runner
         if job.state in WAITING:
             requeue = False
-        elif job.state is JobState.RUNNING and not runtime.runner_alive(job.runner, job.runner_pid):
+        elif job.state is JobState.RUNNING and not runner.host.runner_alive(
+            job.runner, job.runner_pid
+        ):
             requeue = True
         else:
             return
         now = time.time()
-        far = job.state is JobState.SCHEDULED and self.service.parks(job.scheduled_for, now)
-        token = None if far else backend.spool_file_for(job.id, job.priority, now)
-        if not store.reassign(job, token, now, requeue=requeue):
+        far = job.state is JobState.SCHEDULED and runner.parking.parks(job.scheduled_for, now)
+        delivery = None if far else runner.delivery_for(job.id, job.priority, now)
+        if not store.reassign(job, delivery, now, requeue=requeue):
             return  # changed under us: whoever changed it owns it
         fresh = store.get(job.id)
         if fresh is None:
             return
-        backend.submit(fresh, store.payload(job.id))
+        runner.submit(fresh, store.payload(job.id))
         if requeue:
             report.requeued += 1
             log.warning("job %s: runner %s pid %s is gone and so is its file; queued again",
@@ -113,38 +113,34 @@ class Housekeeper:
                         "parked until nearly due" if far else "spooled again")  # fmt: skip
 
     def spool_due(self, now: float | None = None) -> int:
-        """Spool the parked jobs due within ``SPOOLKIT_SPOOL_AHEAD``; return how many."""
-        store, backend = self.service.store, self.service.backend
+        """Hand the runner the parked jobs due soon; return how many."""
+        store, runner = self.store, self.runner
         now = time.time() if now is None else now
+        ahead = runner.parking.ahead or 0.0
         spooled = 0
-        while jobs := store.due_parked(now + self.service.config.spool_ahead, BATCH):
+        while jobs := store.due_parked(now + ahead, BATCH):
             for job in jobs:
-                token = backend.spool_file_for(job.id, job.priority, now)
-                if store.reassign(job, token, now, requeue=False) and (fresh := store.get(job.id)):
-                    backend.submit(fresh, store.payload(job.id))
+                delivery = runner.delivery_for(job.id, job.priority, now)
+                if store.reassign(job, delivery, now, requeue=False) and (
+                    fresh := store.get(job.id)
+                ):
+                    runner.submit(fresh, store.payload(job.id))
                     spooled += 1
             if len(jobs) < BATCH:
                 break
         return spooled
 
-    def publish(self) -> None:
-        """Tell producers in other instances which spoolers to wake (spooler mode only)."""
-        backend = self.service.backend
-        directory = getattr(backend, "directory", None)
-        if directory is not None and runtime.uwsgi_option("spooler"):
-            runtime.publish_spoolers(directory.path)
-
     def run_forever(self) -> None:
-        interval = self.service.config.housekeeping_interval
+        interval = self.config.housekeeping_interval
         log.info("housekeeper started: parked jobs every %.1fs, housekeeping every %.1fs",
                  SCHEDULER_TICK, interval)  # fmt: skip
         next_pass, limit = 0.0, None  # the first pass, at start-up, looks at every job
         while True:
             now = time.time()
             try:
-                self.publish()
+                self.runner.heartbeat()
                 self.spool_due(now)
-                self.service.store.checkpoint()
+                self.store.checkpoint()
                 if now >= next_pass:
                     report = self.run_once(now, limit)
                     next_pass, limit = now + interval, PASS_LIMIT

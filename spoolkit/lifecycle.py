@@ -34,22 +34,22 @@ class ClaimAction(StrEnum):
 
 def decide_claim(
     job: Job | None,
-    token: str,
+    delivery: str,
     instance: str,
     now: float,
     is_alive: Callable[[int], bool],
 ) -> ClaimAction:
-    """Decide what to do with a delivery of ``job`` through ``token``.
+    """Decide what to do with ``delivery`` of ``job``.
 
-    ``token`` is the spool file's path relative to the spool directory (or
+    ``delivery`` is the spool file's path relative to the spool directory (or
     the marker of a local-mode delivery); the job's row must name it.
 
-    ``instance`` identifies the running uWSGI instance (see runtime.py);
+    ``instance`` identifies the running server instance (see runtime.py);
     ``is_alive(pid)`` says whether a spooler of this instance is alive.
     """
     if job is None:
         return ClaimAction.UNKNOWN
-    if job.spool_file is None or job.spool_file != token:
+    if job.spool_file is None or job.spool_file != delivery:
         return ClaimAction.DISCARD
     if job.state in FINISHED:
         return ClaimAction.DISCARD

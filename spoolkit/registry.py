@@ -9,13 +9,11 @@ modules do not overwrite each other as they do in ``uwsgidecorators``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .encoding import TASK_NAME_PATTERN
 from .errors import DuplicateTaskError, TaskNotFound
-
-if TYPE_CHECKING:
-    from .task import Task
+from .task import Task
 
 log = logging.getLogger("spoolkit.registry")
 

@@ -36,7 +36,6 @@ class Retry(Exception):
                 raise ValueError(f"Retry(countdown=...) must be >= 0 seconds, got {countdown!r}")
         super().__init__(reason or "retry requested")
         self.countdown = countdown
-        self.reason = reason
 
 
 def compute_backoff(

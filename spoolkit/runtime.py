@@ -1,7 +1,10 @@
 """Where this process runs: inside uWSGI (which process?) or outside it.
 
-Everything that touches the ``uwsgi`` module is here, so the rest of the
-kit imports and tests without uWSGI.
+Everything that touches the ``uwsgi`` module is here or in the spooler
+runner (``spooler.py``, ``dispatcher.py``), so the rest of the kit imports
+and tests without uWSGI. The two hosts tell the worker about the processes
+jobs run in: :class:`UwsgiHost` (spoolers of this uWSGI instance) and
+:class:`ProcessHost` (threads of this process).
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ from types import ModuleType
 
 from .errors import ConfigurationError
 
+try:
+    import uwsgi  # only exists inside a uWSGI server
+except ImportError:
+    uwsgi = None
+
 log = logging.getLogger("spoolkit.runtime")
 
 
 def uwsgi_module() -> ModuleType | None:
     """The ``uwsgi`` module when running inside uWSGI, else ``None``."""
-    try:
-        import uwsgi
-    except ImportError:
-        return None
-    return uwsgi if hasattr(uwsgi, "opt") else None
+    return uwsgi if uwsgi is not None and hasattr(uwsgi, "opt") else None
 
 
 def instance_id() -> str:
@@ -37,19 +41,25 @@ def instance_id() -> str:
     respawned after a crash keeps its instance's id; that is how a crash is
     told apart from a restart. Outside uWSGI: host and this process's pid.
     """
-    uwsgi = uwsgi_module()
+    server = uwsgi_module()
     host = socket.gethostname()
-    if uwsgi is None:
+    if server is None:
         return f"{host}:local:{os.getpid()}"
     reloads = os.environ.get("UWSGI_RELOADS", "0")
-    return f"{host}:{uwsgi.masterpid()}:{uwsgi.started_on}:{reloads}"
+    return f"{host}:{server.masterpid()}:{server.started_on}:{reloads}"
 
 
 def spooler_pids() -> list[int]:
-    uwsgi = uwsgi_module()
-    if uwsgi is None:
+    server = uwsgi_module()
+    if server is None:
         return []
-    return [pid for pid in uwsgi.spooler_pids() if pid > 0]
+    return [pid for pid in server.spooler_pids() if pid > 0]
+
+
+def configured_spoolers() -> int:
+    """How many spooler processes uwsgi.ini asks for (a dead one's slot counts too)."""
+    server = uwsgi_module()
+    return len(server.spooler_pids()) if server is not None else 0
 
 
 def spooler_alive(pid: int) -> bool:
@@ -136,10 +146,10 @@ class SpoolerWaker:
 def spooler_directory() -> str:
     """The first ``spooler`` directory configured in uwsgi.ini (or, in an instance
     that only produces jobs for another one, its ``spooler-external``), absolute."""
-    uwsgi = uwsgi_module()
-    if uwsgi is None:
+    server = uwsgi_module()
+    if server is None:
         raise ConfigurationError("not running under uWSGI")
-    value = uwsgi.opt.get("spooler") or uwsgi.opt.get("spooler-external")
+    value = server.opt.get("spooler") or server.opt.get("spooler-external")
     if isinstance(value, list):
         value = value[0] if value else None
     if not value:
@@ -153,10 +163,10 @@ def spooler_directory() -> str:
 
 
 def uwsgi_option(name: str) -> str | None:
-    uwsgi = uwsgi_module()
-    if uwsgi is None:
+    server = uwsgi_module()
+    if server is None:
         return None
-    value = uwsgi.opt.get(name)
+    value = server.opt.get(name)
     if isinstance(value, list):
         value = value[-1] if value else None
     if value is None:
@@ -166,27 +176,13 @@ def uwsgi_option(name: str) -> str | None:
 
 def in_master_before_fork() -> bool:
     """Loading the app in the uWSGI master, before workers and spoolers exist."""
-    uwsgi = uwsgi_module()
+    server = uwsgi_module()
     return bool(
-        uwsgi is not None
-        and uwsgi.worker_id() == 0
-        and uwsgi.mule_id() == 0
-        and not uwsgi.i_am_the_spooler()
+        server is not None
+        and server.worker_id() == 0
+        and server.mule_id() == 0
+        and not server.i_am_the_spooler()
     )
-
-
-def is_spooler() -> bool:
-    uwsgi = uwsgi_module()
-    return bool(uwsgi is not None and uwsgi.i_am_the_spooler())
-
-
-def install_dispatcher() -> None:
-    """Make the kit's dispatcher the callable uWSGI gives spool files to."""
-    uwsgi = uwsgi_module()
-    if uwsgi is not None:
-        from .dispatcher import spooler
-
-        setattr(uwsgi, "spooler", spooler)  # noqa: B010 - a C module attribute uWSGI reads
 
 
 def renice_spooler(nice: int | None) -> None:
@@ -242,7 +238,45 @@ def runner_alive(runner: str | None, pid: int | None) -> bool:
         owner = int(tail.split(":")[0]) if kind == "local" else int(kind)
     except ValueError:
         return True  # a format we do not know: leave it alone
-    uwsgi = uwsgi_module()
-    if kind != "local" and uwsgi is not None and owner == uwsgi.masterpid():
+    server = uwsgi_module()
+    if kind != "local" and server is not None and owner == server.masterpid():
         return False
     return process_exists(owner)
+
+
+class _PerProcess:
+    """The instance id, computed once per process (a forked spooler computes its own)."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[int, str] | None = None
+
+    def instance(self) -> str:
+        if self._cached is None or self._cached[0] != os.getpid():
+            self._cached = (os.getpid(), instance_id())
+        return self._cached[1]
+
+    def runner_alive(self, runner: str | None, pid: int | None) -> bool:
+        return runner_alive(runner, pid)
+
+
+class UwsgiHost(_PerProcess):
+    """Jobs run in the spooler processes of this uWSGI instance."""
+
+    def is_alive(self, pid: int) -> bool:
+        return spooler_alive(pid)
+
+    def time_limit(self) -> int | None:
+        harakiri = uwsgi_option("spooler-harakiri")
+        if harakiri and harakiri.isdigit() and int(harakiri) > 0:
+            return int(harakiri)
+        return None
+
+
+class ProcessHost(_PerProcess):
+    """Jobs run in threads of this process (local and eager runners)."""
+
+    def is_alive(self, pid: int) -> bool:
+        return pid == os.getpid()
+
+    def time_limit(self) -> int | None:
+        return None

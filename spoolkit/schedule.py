@@ -9,6 +9,7 @@ API and in Python alike, so one rule holds everywhere.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .errors import InvalidSchedule
@@ -109,3 +110,20 @@ def isoformat(timestamp: float | None) -> str | None:
         return None
     text = datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Parking:
+    """Which jobs wait in the store instead of in a runner ("parked").
+
+    A job due more than ``ahead`` seconds from now is parked; ``None``
+    never parks (runners that hold jobs in memory, or run them at once).
+    The uWSGI spooler parks, because it ``lstat()``\\ s every file on every
+    scan: a large far-future backlog in the spool directory would slow
+    every pickup.
+    """
+
+    ahead: float | None = None
+
+    def parks(self, run_at: float | None, now: float) -> bool:
+        return self.ahead is not None and run_at is not None and run_at > now + self.ahead

@@ -198,9 +198,6 @@ class SpoolDirectory:
             raise SpoolWriteError(f"cannot write spool file {target}: {exc.strerror}") from exc
         self.wake()
 
-    def exists(self, relative: str) -> bool:
-        return os.path.lexists(self.absolute(relative))
-
     def set_mtime(self, relative: str, mtime: int) -> bool:
         """Move a file's ``at``; ``False`` if the file is gone. Never opens the file."""
         try:

@@ -1,9 +1,11 @@
-"""``@spool``: declare a function as a task that can run in a uWSGI spooler.
+"""A task: a function declared with ``@spool``, its name and its retry policy.
 
 Calling the task runs it inline, as a plain function. ``.delay(...)`` and
-``.apply_async(...)`` queue it and return the :class:`~spoolkit.Job` at
-once; their arguments are checked against the function's signature (by
-mypy through ``ParamSpec``, and at run time) and must be JSON.
+``.apply_async(...)`` check the call against the function's signature (by
+mypy through ``ParamSpec``, and at run time), encode the arguments as JSON,
+and hand the resulting :class:`Call` to the app's job service, found
+through Flask's ``current_app`` like any extension: a request, a job run by
+a spooler and ``flask`` commands all have an app context.
 """
 
 from __future__ import annotations
@@ -11,17 +13,61 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
-from .registry import TaskRegistry, default_registry
-from .retry import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from flask import current_app, has_app_context
 
-if TYPE_CHECKING:
-    from .job import Job
+from .encoding import encode_arguments
+from .errors import ConfigurationError
+from .job import Job
+from .retry import RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Where ``SpoolKit.init_app`` keeps the app's job service (``app.extensions``).
+EXTENSION_KEY = "spoolkit"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a task, checked and encoded: what gets recorded and spooled."""
+
+    task: str
+    payload: str
+    policy: RetryPolicy
+
+
+class Enqueuer(Protocol):
+    """What a task needs from the app's job service to queue a call."""
+
+    def enqueue(
+        self,
+        call: Call,
+        *,
+        at: object = None,
+        countdown: object = None,
+        priority: object = None,
+        max_attempts: object = None,
+    ) -> Job: ...
+
+
+def app_enqueuer() -> Enqueuer:
+    """The job service of the current Flask app."""
+    if not has_app_context():
+        raise ConfigurationError(
+            "jobs are queued inside a Flask app context: a request, a running job and "
+            "'flask' commands have one; in a script use 'with app.app_context():'"
+        )
+    service = current_app.extensions.get(EXTENSION_KEY)
+    if service is None:
+        raise ConfigurationError(
+            f"SpoolKit is not set up on the app {current_app.name!r}: create SpoolKit(app) "
+            "(or call kit.init_app(app)) before queueing jobs"
+        )
+    return cast(Enqueuer, service)
 
 
 class Task(Generic[P, R]):
@@ -66,76 +112,25 @@ class Task(Generic[P, R]):
         lower first) needs ``spooler-ordered``; ``max_attempts`` overrides
         the task's.
         """
-        from .service import current_service
-
-        return current_service().enqueue(
-            self,
-            args,
-            kwargs or {},
-            at=at,
-            countdown=countdown,
-            priority=priority,
-            max_attempts=max_attempts,
+        call = self.call(args, kwargs or {})
+        return app_enqueuer().enqueue(
+            call, at=at, countdown=countdown, priority=priority, max_attempts=max_attempts
         )
 
-    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str]:
-        """Raise ``TypeError`` if the call does not fit the signature; return positional names."""
+    def call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Call:
+        """Check ``args``/``kwargs`` against the signature and encode them.
+
+        Raises ``TypeError`` if the call does not fit the signature and
+        :class:`~spoolkit.EncodeError` (a ``TypeError``) naming the argument
+        that is not JSON.
+        """
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}(): {exc}") from None
-        return [
+        names = [
             parameter.name
             for parameter in self.signature.parameters.values()
             if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
         ]
-
-
-@overload
-def spool(fn: Callable[P, R], /) -> Task[P, R]: ...
-
-
-@overload
-def spool(
-    *,
-    name: str | None = None,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    backoff: float = DEFAULT_BACKOFF,
-    registry: TaskRegistry | None = None,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
-def spool(
-    fn: Callable[P, R] | None = None,
-    /,
-    *,
-    name: str | None = None,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    backoff: float = DEFAULT_BACKOFF,
-    registry: TaskRegistry | None = None,
-) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
-    """Declare a task. Bare ``@spool`` means ``max_attempts=3, backoff=1.0``.
-
-    ``backoff`` is the base delay in seconds: retry ``n`` waits about
-    ``backoff * 2 ** (n - 1)`` (+/- 20 % jitter, capped by
-    ``SPOOLKIT_MAX_BACKOFF``). The name defaults to ``module.function``.
-    """
-    policy = RetryPolicy(max_attempts=max_attempts, backoff=backoff)
-    if name is not None and (not isinstance(name, str) or not name):
-        raise TypeError(f"name must be a non-empty str, got {name!r}")
-    target = default_registry if registry is None else registry
-
-    def decorate(function: Callable[P, R]) -> Task[P, R]:
-        task_name = name or f"{function.__module__}.{function.__qualname__}"
-        if name is None and "<locals>" in task_name:
-            raise ValueError(
-                f"{function.__qualname__} is defined inside a function; define tasks at module "
-                "level (the spoolers must find them by importing the module) or pass name='...'"
-            )
-        task = Task(function, name=task_name, policy=policy)
-        target.register(task)
-        return task
-
-    if fn is not None:
-        return decorate(fn)
-    return decorate
+        return Call(self.name, encode_arguments(self.name, args, kwargs, names), self.policy)

@@ -1,9 +1,13 @@
-"""Running one job: claim it, call the task in the app context, record the outcome.
+"""Running one delivery of a job: claim it, call the task in the app context, record
+the outcome.
 
-Shared by every way jobs run (uWSGI spooler, local threads, eager), so a
-job goes through the same states and retries whichever runs it. What
-happens to the *spool file* afterwards is the caller's business: this
-module answers with a :class:`Step`.
+Shared by every runner (uWSGI spooler, local threads, eager), so a job goes
+through the same states and retries whichever runs it. The worker is given
+its collaborators (the app, the store, the task registry, and a
+:class:`Host` that knows the processes of the runner it works for) and
+never asks the runner anything else. What happens to the delivery (the
+spool file) afterwards is the runner's business: this module answers with
+a :class:`Step`.
 """
 
 from __future__ import annotations
@@ -12,21 +16,23 @@ import logging
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import runtime
+from flask import Flask
+
 from .context import JobContext, running
 from .encoding import encode_result
 from .errors import EncodeError, StoreUnavailable, TaskNotFound
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction
-from .retry import Retry, compute_backoff
-
-if TYPE_CHECKING:
-    from .service import JobService
-    from .task import Task
+from .registry import TaskRegistry
+from .retry import DEFAULT_MAX_BACKOFF, Retry, compute_backoff
+from .schedule import Parking
+from .store import Store
+from .task import Task
 
 log = logging.getLogger("spoolkit.worker")
 
@@ -42,12 +48,32 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Step:
+    """What the runner does with the delivery: a verdict, a time for AGAIN, a reason."""
+
     verdict: Verdict
     at: float | None = None
     reason: str = ""
 
 
-DONE = Step(Verdict.DONE)
+class Host(Protocol):
+    """The processes a runner runs jobs in, as the worker needs to know them."""
+
+    def instance(self) -> str:
+        """This run of the server, for the current process (see ``lifecycle``)."""
+        ...
+
+    def is_alive(self, pid: int) -> bool:
+        """Is ``pid`` a live runner process of this instance?"""
+        ...
+
+    def time_limit(self) -> int | None:
+        """Seconds after which the host kills an attempt (uWSGI's spooler-harakiri)."""
+        ...
+
+    def runner_alive(self, runner: str | None, pid: int | None) -> bool:
+        """Could the process a row names as a job's runner still be running it? (For the
+        housekeeper; judges runners of earlier instances and of local processes too.)"""
+        ...
 
 
 def error_from(exc: BaseException) -> JobError:
@@ -65,30 +91,42 @@ def error_from(exc: BaseException) -> JobError:
 
 
 class Worker:
-    def __init__(self, service: JobService) -> None:
-        self.service = service
-        self._instance: tuple[int, str] | None = None
-
-    @property
-    def instance(self) -> str:
-        # Per process: a spooler forked from the master computes its own once.
-        if self._instance is None or self._instance[0] != os.getpid():
-            self._instance = (os.getpid(), runtime.instance_id())
-        return self._instance[1]
+    def __init__(
+        self,
+        app: Flask,
+        store: Store,
+        registry: TaskRegistry,
+        host: Host,
+        *,
+        parking: Parking | None = None,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.registry = registry
+        self.host = host
+        self.parking = parking or Parking()
+        self.max_backoff = max_backoff
 
     def process(
-        self, job_id: str, token: str, task_name: str, args: list[Any], kwargs: dict[str, Any]
+        self,
+        job_id: str,
+        delivery: str,
+        task_name: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
     ) -> Step:
-        """Handle one delivery of a job: ``token`` is the spool file's path relative to
-        the spool directory, or the marker of a local-mode delivery."""
-        store = self.service.store
+        """Handle one delivery of a job: ``delivery`` is the spool file's path relative
+        to the spool directory, or the marker of a local runner."""
         now = time.time()
-        action, job = store.claim(job_id, token, self.instance, os.getpid(), now, self._alive)
+        action, job = self.store.claim(
+            job_id, delivery, self.host.instance(), os.getpid(), now, self.host.is_alive
+        )
         if action is ClaimAction.UNKNOWN or job is None:
             return Step(Verdict.QUARANTINE, reason=f"no job {job_id} in the store")
         if action is ClaimAction.DISCARD:
-            log.debug("job %s: dropping stale delivery %s (%s)", job_id, token, job.state.value)
-            return DONE
+            log.debug("job %s: dropping stale delivery %s (%s)", job_id, delivery, job.state.value)
+            return Step(Verdict.DONE)
         if action is ClaimAction.BUSY:
             log.warning(
                 "job %s is running in live spooler pid %s; leaving it", job_id, job.runner_pid
@@ -108,14 +146,11 @@ class Worker:
             self._record(job, now, error=JobError("SpoolFileRejected", reason), retryable=False)
             return Step(Verdict.QUARANTINE, reason=reason)
         try:
-            task = self.service.registry.get(job.task)
+            task = self.registry.get(job.task)
         except TaskNotFound as exc:
             self._record(job, now, error=error_from(exc), retryable=False)
             return Step(Verdict.QUARANTINE, reason=str(exc))
         return self._run(job, task, args, kwargs)
-
-    def _alive(self, pid: int) -> bool:
-        return runtime.spooler_alive(pid) if runtime.uwsgi_module() else pid == os.getpid()
 
     def _run(self, job: Job, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Step:
         context = JobContext(
@@ -130,7 +165,7 @@ class Worker:
         countdown: float | None = None
         retryable = True
         try:
-            with self.service.app.app_context(), running(context):
+            with self.app.app_context(), running(context):
                 value = task.fn(*args, **kwargs)
         except Retry as exc:
             countdown = exc.countdown
@@ -164,31 +199,27 @@ class Worker:
         if error is not None and retryable and job.attempts < job.max_attempts:
             delay = countdown
             if delay is None:
-                delay = compute_backoff(
-                    job.attempts, base=job.backoff, cap=self.service.config.max_backoff
-                )
+                delay = compute_backoff(job.attempts, base=job.backoff, cap=self.max_backoff)
             retry_at = now + delay
         pid = os.getpid() if runner_pid is None else runner_pid
-        park = self.service.parks(retry_at, now)
-        recorded = self._patiently(
-            lambda: self.service.store.finish(
-                job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park
-            )
+        park = self.parking.parks(retry_at, now)
+        recorded = self.store.finish(
+            job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park
         )
         if not recorded:
             log.warning("job %s was taken over by another runner; dropping this delivery", job.id)
-            return DONE
+            return Step(Verdict.DONE)
         took = f" in {elapsed:.3f}s" if elapsed is not None else ""
         attempt = f"attempt {job.attempts}/{job.max_attempts}"
         if error is None:
             log.info("job %s succeeded%s (%s)", job.id, took, attempt)
-            return DONE
+            return Step(Verdict.DONE)
         if retry_at is not None:
             level = logging.INFO if error.type == "Retry" else logging.WARNING
             log.log(level, "job %s will retry in %.1fs (%s): %s: %s",
                     job.id, retry_at - now, attempt, error.type, error.message)  # fmt: skip
             # A parked retry waits in the store: this file is done with.
-            return DONE if park else Step(Verdict.AGAIN, at=retry_at)
+            return Step(Verdict.DONE) if park else Step(Verdict.AGAIN, at=retry_at)
         log.error(
             "job %s failed%s (%s, no retry): %s: %s",
             job.id,
@@ -197,15 +228,15 @@ class Worker:
             error.type,
             error.message,
         )
-        return DONE
+        return Step(Verdict.DONE)
 
     def _lost_error(self, job: Job, now: float) -> JobError:
         elapsed = now - (job.started_at or now)
-        harakiri = runtime.uwsgi_option("spooler-harakiri")
-        if harakiri and harakiri.isdigit() and int(harakiri) > 0 and elapsed >= int(harakiri) - 1:
+        limit = self.host.time_limit()
+        if limit and elapsed >= limit - 1:
             return JobError(
                 "Timeout",
-                f"attempt {job.attempts} timed out after {int(harakiri)} s "
+                f"attempt {job.attempts} timed out after {limit} s "
                 "and was killed by spooler-harakiri",
             )
         return JobError(
@@ -214,9 +245,9 @@ class Worker:
             f"after {elapsed:.1f} s: killed by a signal, out of memory, or exited",
         )
 
-    def _reporter(self, job_id: str) -> Any:
+    def _reporter(self, job_id: str) -> Callable[[Progress], None]:
         def report(progress: Progress) -> None:
-            self.service.store.set_progress(job_id, progress, time.time())
+            self.store.set_progress(job_id, progress, time.time())
 
         return report
 
@@ -225,18 +256,3 @@ class Worker:
             context.flush()
         except StoreUnavailable as exc:
             log.warning("job %s: progress not saved: %s", job_id, exc)
-
-    @staticmethod
-    def _patiently(write: Any) -> bool:
-        """Retry a store write until the store answers: an outcome is never dropped."""
-        delay = 0.05
-        tries = 0
-        while True:
-            try:
-                return bool(write())
-            except StoreUnavailable as exc:
-                tries += 1
-                if tries % 10 == 1:
-                    log.warning("job store unavailable, will keep trying: %s", exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)

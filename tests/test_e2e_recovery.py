@@ -11,7 +11,8 @@ import pytest
 
 from spoolkit.encoding import to_spool_entries
 from spoolkit.spoolfile import encode_file
-from spoolkit.store import NewJob, SQLiteStore
+from spoolkit.sqlite import SQLiteStore
+from spoolkit.store import NewJob
 
 from .support import UwsgiServer, wait_for
 

@@ -1,31 +1,44 @@
-"""The SQLite store's state changes, on a real SQLite file."""
+"""The store contract (spoolkit.store.Store), run against every store implementation.
+
+A new store is one more entry in ``IMPLEMENTATIONS``: each test gets a fresh,
+empty store from it. SQLite runs on a real file in a temp directory.
+"""
 
 from __future__ import annotations
 
-import os
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from spoolkit.errors import InvalidJobState, JobNotFound, StoreUnavailable
+from spoolkit.errors import InvalidJobState, JobNotFound
 from spoolkit.job import JobError, Progress
 from spoolkit.lifecycle import ClaimAction
+from spoolkit.sqlite import SQLiteStore
 from spoolkit.states import JobState
-from spoolkit.store import NewJob, SQLiteStore
+from spoolkit.store import HOUSEKEEPER_BEAT, NewJob, Store
 
 ME = "host:1:50:0"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    store = SQLiteStore(str(tmp_path / "sub" / "jobs.db"))
+def _sqlite(tmp_path: Path) -> Store:
+    return SQLiteStore(str(tmp_path / "sub" / "jobs.db"))
+
+
+#: Every store implementation, by name: a factory of an empty store in a temp directory.
+IMPLEMENTATIONS: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    store = IMPLEMENTATIONS[request.param](tmp_path)
     store.setup()
-    return store
+    yield store
 
 
 def _new(
-    store: SQLiteStore, job_id: str = "a" * 22, run_at: float | None = None, **kw: object
+    store: Store, job_id: str = "a" * 22, run_at: float | None = None, **kw: object
 ) -> None:
     fields: dict[str, object] = dict(
         id=job_id, task="t", payload='{"args":[],"kwargs":{}}', max_attempts=2, backoff=1.0,
@@ -35,18 +48,17 @@ def _new(
     store.insert(NewJob(**fields))  # type: ignore[arg-type]
 
 
-def _claim(store: SQLiteStore, job_id: str = "a" * 22, now: float = 200.0) -> ClaimAction:
+def _claim(store: Store, job_id: str = "a" * 22, now: float = 200.0) -> ClaimAction:
     return store.claim(job_id, f"file-{job_id}", ME, 77, now, lambda pid: False)[0]
 
 
-def test_setup_is_private_and_idempotent(tmp_path: Path, store: SQLiteStore) -> None:
+def test_setup_is_idempotent(store: Store) -> None:
+    _new(store)
     store.setup()
-    assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o700
-    assert os.stat(store.path).st_mode & 0o777 == 0o600
-    assert store.get_meta("schema") == "1"
+    assert store.get("a" * 22) is not None
 
 
-def test_insert_states(store: SQLiteStore) -> None:
+def test_insert_states(store: Store) -> None:
     _new(store, "q" * 22)
     _new(store, "s" * 22, run_at=500.0)
     assert store.get("q" * 22).state is JobState.QUEUED  # type: ignore[union-attr]
@@ -56,7 +68,7 @@ def test_insert_states(store: SQLiteStore) -> None:
     assert store.counts()["queued"] == 1 and store.counts()["scheduled"] == 1
 
 
-def test_claim_run_and_succeed(store: SQLiteStore) -> None:
+def test_claim_run_and_succeed(store: Store) -> None:
     _new(store)
     assert _claim(store) is ClaimAction.RUN
     job = store.get("a" * 22)
@@ -71,14 +83,14 @@ def test_claim_run_and_succeed(store: SQLiteStore) -> None:
     assert _claim(store) is ClaimAction.DISCARD  # its file, seen again, is stale
 
 
-def test_finish_is_refused_to_a_runner_that_does_not_hold_the_job(store: SQLiteStore) -> None:
+def test_finish_is_refused_to_a_runner_that_does_not_hold_the_job(store: Store) -> None:
     _new(store)
     _claim(store)
     assert not store.finish("a" * 22, 78, 201.0, result="1")
     assert store.get("a" * 22).state is JobState.RUNNING  # type: ignore[union-attr]
 
 
-def test_retry_then_fail(store: SQLiteStore) -> None:
+def test_retry_then_fail(store: Store) -> None:
     _new(store)
     _claim(store)
     boom = JobError("ValueError", "boom", "tb")
@@ -94,7 +106,7 @@ def test_retry_then_fail(store: SQLiteStore) -> None:
     assert (failed.state, failed.attempts, failed.finished_at) == (JobState.FAILED, 2, 262.0)
 
 
-def test_restart_interruption_is_not_counted(store: SQLiteStore) -> None:
+def test_restart_interruption_is_not_counted(store: Store) -> None:
     _new(store)
     _claim(store)
     action, job = store.claim(
@@ -104,7 +116,7 @@ def test_restart_interruption_is_not_counted(store: SQLiteStore) -> None:
     assert job is not None and job.attempts == 1 and job.runner_pid == 88
 
 
-def test_cancel_and_restart(store: SQLiteStore) -> None:
+def test_cancel_and_restart(store: Store) -> None:
     _new(store, run_at=500.0)
     job = store.cancel("a" * 22, 150.0)
     assert job.state is JobState.CANCELLED and job.finished_at == 150.0
@@ -120,7 +132,7 @@ def test_cancel_and_restart(store: SQLiteStore) -> None:
         store.restart("a" * 22, "x", 170.0)
 
 
-def test_cancel_races_a_claim_and_exactly_one_wins(store: SQLiteStore) -> None:
+def test_cancel_races_a_claim_and_exactly_one_wins(store: Store) -> None:
     for i in range(40):
         job_id = f"{i:022d}"
         _new(store, job_id)
@@ -148,7 +160,7 @@ def test_cancel_races_a_claim_and_exactly_one_wins(store: SQLiteStore) -> None:
             assert outcomes["claim"] is ClaimAction.DISCARD and final.state is JobState.CANCELLED
 
 
-def test_reassign_is_conditional(store: SQLiteStore) -> None:
+def test_reassign_is_conditional(store: Store) -> None:
     _new(store)
     seen = store.get("a" * 22)
     assert seen is not None
@@ -157,7 +169,7 @@ def test_reassign_is_conditional(store: SQLiteStore) -> None:
     assert store.get("a" * 22).spool_file == "second"  # type: ignore[union-attr]
 
 
-def test_list_unfinished_and_purge(store: SQLiteStore) -> None:
+def test_list_unfinished_and_purge(store: Store) -> None:
     for i in range(5):
         _new(store, f"{i:022d}", created_at=100.0 + i)
     assert [job.id[-1] for job in store.list_jobs(limit=3)] == ["4", "3", "2"]
@@ -173,26 +185,86 @@ def test_list_unfinished_and_purge(store: SQLiteStore) -> None:
     assert store.get(f"{0:022d}") is None
 
 
-def test_store_errors_are_named(tmp_path: Path) -> None:
-    directory = tmp_path / "ro"
-    directory.mkdir()
-    broken = SQLiteStore(str(directory / "missing" / "deeper" / "jobs.db"))
-    with pytest.raises(StoreUnavailable, match="job store"):
-        broken.ping()
-    with pytest.raises(ValueError, match="synchronous"):
-        SQLiteStore(str(directory / "x.db"), synchronous="sometimes")
+def test_a_running_job_cannot_be_cancelled_and_a_succeeded_one_not_retried(store: Store) -> None:
+    _new(store)
+    _claim(store)
+    with pytest.raises(InvalidJobState) as raised:
+        store.cancel("a" * 22, 201.0)
+    assert raised.value.state == "running"
+    assert store.finish("a" * 22, 77, 202.0, result="1")
+    with pytest.raises(InvalidJobState) as raised:
+        store.restart("a" * 22, "again", 203.0)
+    assert raised.value.state == "succeeded"
+    with pytest.raises(InvalidJobState):
+        store.cancel("a" * 22, 204.0)
+    job = store.get("a" * 22)
+    assert job is not None and job.state is JobState.SUCCEEDED and job.result == 1
 
 
-def test_commits_are_durable_by_default(tmp_path: Path) -> None:
-    """202 promises the row survives a power cut: SQLite synchronous=FULL in WAL mode."""
-    store = SQLiteStore(str(tmp_path / "jobs.db"))
-    store.setup()
-    conn = store._connection(durable=True)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    # A spooler's writes may be lost in a power cut: the job then runs again.
-    assert store._connection().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
-    relaxed = SQLiteStore(str(tmp_path / "jobs.db"), synchronous="normal")
-    assert relaxed._connection(durable=True).execute("PRAGMA synchronous").fetchone()[0] == 1
-    off = SQLiteStore(str(tmp_path / "jobs.db"), synchronous="off")
-    assert off._connection().execute("PRAGMA synchronous").fetchone()[0] == 0
+def test_outcomes_and_progress_need_a_running_job(store: Store) -> None:
+    _new(store)
+    assert not store.finish("a" * 22, 77, 201.0, result="1")  # never claimed
+    store.set_progress("a" * 22, Progress(1), 201.0)
+    job = store.get("a" * 22)
+    assert job is not None and job.state is JobState.QUEUED and job.progress is None
+
+
+def test_a_cancelled_job_is_never_claimed(store: Store) -> None:
+    _new(store)
+    store.cancel("a" * 22, 150.0)
+    assert _claim(store) is ClaimAction.DISCARD
+    assert store.get("a" * 22).state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_delivery_the_row_does_not_name_is_stale(store: Store) -> None:
+    _new(store)
+    action, _ = store.claim("a" * 22, "another-file", ME, 77, 200.0, lambda pid: False)
+    assert action is ClaimAction.DISCARD
+    assert store.claim("b" * 22, "file", ME, 77, 200.0, lambda pid: False) == (
+        ClaimAction.UNKNOWN,
+        None,
+    )
+
+
+def test_a_crash_in_this_instance_is_told_from_a_live_runner(store: Store) -> None:
+    _new(store)
+    _claim(store)
+    delivery = "file-" + "a" * 22
+    assert store.claim("a" * 22, delivery, ME, 78, 300.0, lambda pid: pid == 77)[0] is (
+        ClaimAction.BUSY
+    )
+    assert store.claim("a" * 22, delivery, ME, 78, 300.0, lambda pid: False)[0] is (
+        ClaimAction.CRASHED
+    )
+
+
+def test_payload_delete_meta_and_parked_jobs(store: Store) -> None:
+    _new(store, payload='{"args":[1],"kwargs":{}}')
+    assert store.payload("a" * 22) == '{"args":[1],"kwargs":{}}'
+    with pytest.raises(JobNotFound):
+        store.payload("z" * 22)
+    store.delete("a" * 22)
+    assert store.get("a" * 22) is None
+    assert store.get_meta(HOUSEKEEPER_BEAT) is None
+    store.set_meta(HOUSEKEEPER_BEAT, "12.5")
+    store.set_meta(HOUSEKEEPER_BEAT, "13.5")
+    assert store.get_meta(HOUSEKEEPER_BEAT) == "13.5"
+    _new(store, "p" * 22, run_at=1000.0, spool_file=None)
+    _new(store, "r" * 22, run_at=900.0, spool_file=None)
+    _new(store, "s" * 22, run_at=800.0)  # spooled already: not parked
+    assert [job.id for job in store.due_parked(950.0, 10)] == ["r" * 22]
+    assert [job.id for job in store.due_parked(2000.0, 10)] == ["r" * 22, "p" * 22]
+    assert {job.id for job in store.unfinished("", 10, updated_before=1e12)} == {"s" * 22}
+    store.checkpoint()
+
+
+def test_the_filters_of_the_list(store: Store) -> None:
+    _new(store, "a" * 22)
+    _new(store, "b" * 22, task="other")
+    store.cancel("b" * 22, 150.0)
+    assert [job.id for job in store.list_jobs(task="other")] == ["b" * 22]
+    assert [job.id for job in store.list_jobs(state=JobState.QUEUED)] == ["a" * 22]
+    assert store.list_jobs(state=JobState.QUEUED, task="other") == []
+    assert store.counts() == {
+        "queued": 1, "scheduled": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 1,
+    }  # fmt: skip

@@ -1,0 +1,60 @@
+"""The eager runner (``SPOOLKIT_EAGER=1``): each job runs inside ``delay()``, retries
+included, ignoring ``at``/``countdown``. For tests and debugging, never for production."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+
+from .config import Config
+from .encoding import decode_arguments
+from .job import Job
+from .registry import TaskRegistry
+from .runtime import ProcessHost
+from .schedule import Parking
+from .store import Store
+from .worker import Verdict, Worker
+
+log = logging.getLogger("spoolkit.eager")
+
+#: The delivery name of every eager job.
+EAGER_DELIVERY = "eager"
+
+
+class EagerRunner:
+    name = "eager"
+    #: A housekeeper (the uWSGI mule) maintains the store and recovers lost deliveries.
+    housekept = False
+    runs_inline = True
+    priority_unsupported = None  # accepted, meaningless when jobs run at once
+    parking = Parking()
+
+    def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
+        self.host = ProcessHost()
+        self.worker = Worker(app, store, registry, self.host, max_backoff=config.max_backoff)
+        log.warning("SPOOLKIT_EAGER is on: jobs run inside delay(), at once (tests only)")
+
+    def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
+        return EAGER_DELIVERY
+
+    def submit(self, job: Job, payload: str) -> None:
+        args, kwargs = decode_arguments(payload)
+        for _ in range(job.max_attempts + 1):
+            step = self.worker.process(job.id, EAGER_DELIVERY, job.task, args, kwargs)
+            if step.verdict is not Verdict.AGAIN:
+                return
+
+    def release(self, job: Job) -> None:
+        """Nothing to release: an eager job has already run."""
+
+    def survey(self, now: float) -> Callable[[Job], bool]:
+        return lambda job: True  # nothing is ever on its way: it has run
+
+    def heartbeat(self) -> None:
+        """Nothing to publish."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return True, {}

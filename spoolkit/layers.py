@@ -1,0 +1,42 @@
+"""The package's layers, lowest first: a module imports only from its own layer or below.
+
+``tests/test_layers.py`` reads every module's imports (``TYPE_CHECKING``
+blocks included) and fails on one that points up, on a cycle, on a module
+missing from this table, and on ``uwsgi`` imported outside the runners.
+
+    surface   extension api openapi cli mule   the Flask extension, HTTP, CLI, uWSGI mule
+       |
+    service   service housekeeping             queue/read/cancel/retry; recover lost jobs
+       |
+    runners   runner spooler dispatcher        how jobs reach a process: uWSGI spoolers,
+              spoolfile runtime local eager    threads, inline (the only code importing uwsgi)
+       |
+    worker    worker                           run one delivery: claim, call, record
+       |
+    store     store sqlite                     the Store protocol and the SQLite store
+       |
+    tasks     task decorator registry context  @spool, task names, current_job
+       |
+    values    errors states job retry          plain values and rules, no I/O
+              schedule encoding lifecycle config
+
+A new runner is a module in ``runners`` implementing ``runner.Runner``; a
+new store is a module in ``store`` implementing ``store.Store``.
+"""
+
+from __future__ import annotations
+
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("values", frozenset({"errors", "states", "job", "retry", "schedule", "encoding",
+                          "lifecycle", "config", "layers"})),
+    ("tasks", frozenset({"task", "decorator", "registry", "context"})),
+    ("store", frozenset({"store", "sqlite"})),
+    ("worker", frozenset({"worker"})),
+    ("runners", frozenset({"runner", "spooler", "dispatcher", "spoolfile", "runtime", "local",
+                           "eager"})),
+    ("service", frozenset({"service", "housekeeping"})),
+    ("surface", frozenset({"extension", "api", "openapi", "cli", "mule", "__init__"})),
+)  # fmt: skip
+
+#: The layer whose modules may import ``uwsgi``.
+UWSGI_LAYER = "runners"

@@ -1,0 +1,80 @@
+"""The runner contract: how queued jobs reach a process that runs them.
+
+Three runners implement it, each a module of its own:
+
+* ``spooler.SpoolerRunner`` (under uWSGI): a spool file per job, run by the
+  spooler processes configured in uwsgi.ini. The production runner.
+* ``local.LocalRunner`` (outside uWSGI, ``flask run``): threads in this process.
+* ``eager.EagerRunner`` (``SPOOLKIT_EAGER=1``): the job runs inside ``delay()``.
+
+What differs between them is said here, as attributes and methods; the
+service and the housekeeper never ask which runner they have. A new runner
+implements this protocol and is chosen in ``extension.choose_runner``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .job import Job
+from .schedule import Parking
+from .worker import Host
+
+
+class Runner(Protocol):
+    @property
+    def name(self) -> str:
+        """For ``/healthz`` and logs only; behaviour never depends on it."""
+        ...
+
+    @property
+    def housekept(self) -> bool:
+        """A housekeeper (the uWSGI mule) maintains the store and recovers lost deliveries."""
+        ...
+
+    @property
+    def runs_inline(self) -> bool:
+        """The job has run by the time ``submit`` returns; ``at``/``countdown`` are ignored."""
+        ...
+
+    @property
+    def parking(self) -> Parking:
+        """Which jobs wait in the store rather than in the runner."""
+        ...
+
+    @property
+    def priority_unsupported(self) -> str | None:
+        """Why a job's priority would be ignored, or ``None`` when priorities work."""
+        ...
+
+    @property
+    def host(self) -> Host:
+        """The processes jobs run in: instance id, liveness, time limit."""
+        ...
+
+    def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
+        """Name the delivery of a new job (recorded in the row before ``submit``)."""
+        ...
+
+    def submit(self, job: Job, payload: str) -> None:
+        """Hand a recorded job to the runner (``SpoolWriteError`` if that failed)."""
+        ...
+
+    def release(self, job: Job) -> None:
+        """A waiting job was cancelled: let whatever holds it drop it soon."""
+        ...
+
+    def survey(self, now: float) -> Callable[[Job], bool]:
+        """Look once at what the runner holds; the check tells, per unfinished job,
+        whether its delivery will still reach a runner (the housekeeper recovers
+        those for which it answers ``False``)."""
+        ...
+
+    def heartbeat(self) -> None:
+        """Called by the housekeeper on every tick: publish what producers need."""
+        ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Are the runner's processes there? ``(healthy, report for /healthz)``."""
+        ...
