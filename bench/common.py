@@ -40,6 +40,26 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+def read_stats(address: str, timeout: float = 10) -> dict[str, Any]:
+    """uWSGI's stats (``--stats``): a unix socket path, or ``host:port`` for TCP."""
+    if address.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        host, port = address.rsplit(":", 1)
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    with sock:
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return dict(json.loads(b"".join(chunks)))
+
+
 def get_json(url: str, timeout: float = 600) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         return json.loads(answer.read())

@@ -8,11 +8,9 @@ own uwsgi.ini ([spoolkit] section), so its settings are the kit's defaults.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     get_json,
+    read_stats,
     records_in,
     stop_tree,
     wait_for,
@@ -175,11 +174,7 @@ class UwsgiDriver:
     # -- uWSGI specifics -----------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=10) as sock:
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return dict(json.loads(b"".join(chunks)))
+        return read_stats(f"127.0.0.1:{self.stats_port}")
 
     def worker_pids(self) -> list[int]:
         return [w["pid"] for w in self.stats()["workers"]]

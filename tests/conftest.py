@@ -1,45 +1,37 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from spoolkit import SpoolKit
-
-from .support import UWSGI, UwsgiServer
+from .support import UWSGI, UwsgiServer, make_app
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    # A missing uwsgi must fail the run, not skip the end-to-end tests silently.
-    if not UWSGI.exists():
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # A missing uwsgi must fail a run that selected end-to-end tests, not skip them
+    # silently; a run without them (-m "not e2e") does not need the binary.
+    if not UWSGI.exists() and any(item.get_closest_marker("e2e") for item in session.items):
         raise pytest.UsageError(f"{UWSGI} not found: run the tests with 'make test'")
+    unmarked = [
+        item.nodeid
+        for item in session.items
+        if "server" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("e2e")
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests e2e, they start uwsgi: {', '.join(unmarked)}")
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No SPOOLKIT_* setting leaks in from the shell that runs the tests."""
-    import os
-
     for key in list(os.environ):
         if key.startswith("SPOOLKIT_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("SPOOLKIT_TEST_DIR", str(tmp_path))
-
-
-def make_app(tmp_path: Path, **config: Any) -> Flask:
-    app = Flask("testapp")
-    app.config.update(
-        TESTING=True,
-        SPOOLKIT_DATABASE=str(tmp_path / "jobs.db"),
-        SPOOLKIT_IMPORTS="tests.jobs",
-        **config,
-    )
-    SpoolKit(app)
-    return app
 
 
 @pytest.fixture

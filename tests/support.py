@@ -1,8 +1,13 @@
-"""Test harness: a real ``uwsgi --ini uwsgi.ini`` in a temporary directory.
+"""Test harness: a real ``uwsgi --ini uwsgi.ini`` in a temporary directory,
+and the in-process Flask app the faster tests use.
 
 Each server gets free ports on 127.0.0.1, its own spool directory, store
 and record directory. It is stopped by pid (SIGTERM to the master, then
 SIGKILL to the master and every descendant left), never by name.
+
+``SPOOLKIT_TEST_UWSGI`` names another uwsgi binary (read at import, before
+the autouse fixture clears ``SPOOLKIT_*``); by default the one next to
+this Python, as ``make test`` builds it.
 """
 
 from __future__ import annotations
@@ -11,21 +16,45 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from bench.common import descendants, free_port, wait_for  # one copy for tests and bench
+from flask import Flask
+
+from bench.common import descendants, free_port, read_stats, wait_for  # one copy for both
+from spoolkit import SpoolKit
+from spoolkit.spoolfile import OWN_PREFIX, pack_vars
+from spoolkit.states import FINISHED
 
 REPO = Path(__file__).resolve().parent.parent
-UWSGI = Path(sys.executable).with_name("uwsgi")
-FINISHED = {"succeeded", "failed", "cancelled"}
+UWSGI = Path(os.environ.get("SPOOLKIT_TEST_UWSGI") or Path(sys.executable).with_name("uwsgi"))
+# The master's line for every spooler it forks, the first ones and each respawn.
+SPOOLER_SPAWNED = re.compile(r"^spawned the uWSGI spooler on dir .* with pid (\d+)$", re.M)
+
+
+def make_app(tmp_path: Path, **config: Any) -> Flask:
+    """A Flask app with the kit on a store in ``tmp_path`` and the test tasks imported."""
+    app = Flask("testapp")
+    app.config.update(
+        TESTING=True,
+        SPOOLKIT_DATABASE=str(tmp_path / "jobs.db"),
+        SPOOLKIT_IMPORTS="tests.jobs",
+        **config,
+    )
+    SpoolKit(app)
+    return app
 
 
 def alive(pid: int) -> bool:
+    """Is ``pid`` running? The tests' only such check. Unlike the kit's
+    ``process_exists``, a zombie counts as dead: a killed child its parent
+    has not reaped yet has stopped doing anything."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -185,6 +214,10 @@ class UwsgiServer:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_since_start(self) -> str:
+        """The log of this run only: what follows the last ``start()``'s marker."""
+        return self.log_text().rsplit(f"===== start {self.generation} =====\n", 1)[-1]
+
     # -- HTTP -------------------------------------------------------------------------
 
     def request(
@@ -231,35 +264,37 @@ class UwsgiServer:
         return dict(response.json())
 
     def wait_job(
-        self, job_id: str, timeout: float = 30, states: set[str] = FINISHED
+        self, job_id: str, timeout: float = 30, states: Collection[str] | None = None
     ) -> dict[str, Any]:
+        """Poll the job until it is in one of ``states`` (by default a final one)."""
+        wanted = {state.value for state in FINISHED} if states is None else set(states)
+
         def reached() -> dict[str, Any] | None:
             job = self.job(job_id)
-            return job if job["state"] in states else None
+            return job if job["state"] in wanted else None
 
-        return wait_for(reached, timeout, f"job {job_id} to reach {sorted(states)}")
+        return wait_for(reached, timeout, f"job {job_id} to reach {sorted(wanted)}")
 
     # -- looking inside -------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        if self.stats_address.startswith("/"):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(10)
-            sock.connect(self.stats_address)
-        else:
-            host, port = self.stats_address.rsplit(":", 1)
-            sock = socket.create_connection((host, int(port)), timeout=10)
-        with sock:
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return dict(json.loads(b"".join(chunks)))
+        return read_stats(self.stats_address)
 
     def spooler_pids(self) -> list[int]:
         try:
             return [int(s["pid"]) for s in self.stats().get("spoolers", []) if s.get("pid")]
         except OSError:
             return []
+
+    def spooler_spawns(self) -> list[int]:
+        """Pids of every spooler the master forked since the last ``start()``, in order:
+        the first ones, then one per respawn."""
+        return [int(pid) for pid in SPOOLER_SPAWNED.findall(self.log_since_start())]
+
+    def spooler_deaths(self) -> int:
+        """Spoolers the master saw die (and respawned) since the last ``start()``, from
+        its log. (The stats socket's per-spooler ``respawns`` counter misses some.)"""
+        return self.log_since_start().count("OOOPS the spooler is no more")
 
     def records_of(self, tag: str) -> list[dict[str, Any]]:
         path = self.records / f"{tag}.jsonl"
@@ -276,8 +311,6 @@ class UwsgiServer:
 
     def spool_files_by_job(self) -> dict[str, Path]:
         """The kit's own spool files by job id (name: ``..._spoolkit_<17-digit time>_<id>``)."""
-        from spoolkit.spoolfile import OWN_PREFIX
-
         skip = len(OWN_PREFIX) + 18
         return {
             path.name[skip:]: path
@@ -288,11 +321,17 @@ class UwsgiServer:
     def spool_file_of(self, job_id: str) -> Path | None:
         return self.spool_files_by_job().get(job_id)
 
+    def drop_spool_file(self, name: str, data: bytes) -> Path:
+        """Put a file into the spool as another writer would: whole, by rename."""
+        target = self.spool_dir / name
+        staging = self.spool_dir / f".drop-{name}"
+        staging.write_bytes(data)
+        os.rename(staging, target)
+        return target
+
 
 def uwsgi_request(socket_path: Path, method: str, path: str, body: bytes = b"") -> Response:
     """One request over uWSGI's own protocol on a unix socket (what nginx's uwsgi_pass speaks)."""
-    from spoolkit.spoolfile import pack_vars
-
     path_info, _, query = path.partition("?")
     env = {
         b"REQUEST_METHOD": method.encode(), b"PATH_INFO": path_info.encode(),

@@ -11,9 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from spoolkit import JobState, SpoolKit, current_job
+from spoolkit.context import JobContext
 
-from .conftest import make_app
-from .support import wait_for
+from .support import make_app, wait_for
 
 jobs = importlib.import_module("tests.jobs")
 
@@ -48,8 +48,6 @@ def test_current_job_outside_a_job_is_an_error() -> None:
 
 
 def test_progress_is_validated(eager_app: Flask) -> None:
-    from spoolkit.context import JobContext
-
     context = JobContext("j", "t", 1, 3, lambda progress: None)
     with pytest.raises(TypeError):
         context.progress("1")  # type: ignore[arg-type]
@@ -60,8 +58,6 @@ def test_progress_is_validated(eager_app: Flask) -> None:
 
 
 def test_progress_writes_are_coalesced_but_the_last_is_kept() -> None:
-    from spoolkit.context import JobContext
-
     written: list[float] = []
     context = JobContext("j", "t", 1, 3, lambda progress: written.append(progress.done))
     for done in range(1, 1001):

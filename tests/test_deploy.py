@@ -11,6 +11,7 @@ from __future__ import annotations
 import configparser
 import grp
 import hashlib
+import http.client
 import json
 import os
 import pwd
@@ -99,8 +100,6 @@ def _port_open(port: int) -> bool:
 
 
 def _http(port: int, method: str, path: str, body: bytes | None = None) -> Response:
-    import http.client
-
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}

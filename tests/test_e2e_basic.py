@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import wave
 
 import pytest
 
 from spoolkit.spoolfile import decode_file
+from spoolkit.states import FINISHED
 
 from .support import UwsgiServer
 
@@ -21,12 +23,16 @@ def test_render_demo_round_trip(server: UwsgiServer) -> None:
     assert job["task"] == "tasks.render_audio"
     assert response.headers["Location"] == f"/jobs/{job['id']}"
 
-    pending = server.get(response.headers["Location"])
-    assert pending.status in (200, 202)
-    if pending.status == 202:
-        assert pending.headers["Retry-After"] == "1"
-
-    done = server.wait_job(job["id"])
+    # Poll as a client would: 202 and Retry-After while the job is unfinished, then 200.
+    deadline = time.monotonic() + 30
+    final = {state.value for state in FINISHED}
+    while (polled := server.get(response.headers["Location"])).json()["state"] not in final:
+        assert polled.status == 202, polled
+        assert polled.headers["Retry-After"] == "1"
+        assert time.monotonic() < deadline, f"job {job['id']} still unfinished: {polled}"
+        time.sleep(0.05)
+    assert polled.status == 200, polled
+    done = polled.json()
     assert done["state"] == "succeeded"
     assert done["attempts"] == 1
     assert done["progress"] == {"done": 3, "total": 3, "message": "rendered text 3 of 3"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,6 @@ def test_malformed_json_is_400(server: UwsgiServer) -> None:
 
 
 def test_chunked_body_is_not_read(server: UwsgiServer) -> None:
-    import socket
-
     body = b'{"task": "tests.jobs.add", "args": [1, 2]}'
     request = (
         b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

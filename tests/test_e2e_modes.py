@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from .support import REPO, UWSGI, UwsgiServer, free_port
+from .support import REPO, UWSGI, UwsgiServer, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -63,11 +65,6 @@ def test_uwsgi_without_a_spooler_refuses_to_start(tmp_path: Path) -> None:
 
 def test_producer_in_another_instance_wakes_the_spoolers(tmp_path: Path) -> None:
     """uWSGI never wakes another instance's spoolers; the kit does (or pickup waits a tick)."""
-    import random
-    import time
-
-    from .support import wait_for
-
     consumer = UwsgiServer(tmp_path / "consumer")
     port = free_port()
     ini = tmp_path / "producer.ini"

@@ -19,12 +19,6 @@ from .support import UwsgiServer, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def _drop_file(server: UwsgiServer, name: str, data: bytes) -> None:
-    tmp = server.spool_dir / f".tmp-{name}"
-    tmp.write_bytes(data)
-    os.rename(tmp, server.spool_dir / name)
-
-
 def _quarantined(server: UwsgiServer, name: str) -> bool:
     return (server.spool_dir / "quarantine" / name).exists() and not (
         server.spool_dir / name
@@ -57,7 +51,7 @@ def _quarantined(server: UwsgiServer, name: str) -> bool:
 def test_undecodable_or_orphan_file_is_quarantined(
     server: UwsgiServer, name: str, data: bytes, reason: str
 ) -> None:
-    _drop_file(server, name, data)
+    server.drop_spool_file(name, data)
     wait_for(lambda: _quarantined(server, name), 10, f"{name} to be quarantined")
     assert (server.spool_dir / "quarantine" / name).read_bytes() == data
     log = server.log_text()

@@ -5,6 +5,8 @@ execution out of reach (no pickle, registered names only, private files)."""
 from __future__ import annotations
 
 import ast
+import hmac
+import json
 import re
 import subprocess
 import sys
@@ -21,8 +23,8 @@ from spoolkit.errors import DecodeError
 from spoolkit.service import new_job_id
 from spoolkit.spoolfile import decode_file, encode_file, unpack_vars
 
-from .support import REPO, UwsgiServer
-from .test_faults import SOAK, report
+from .reporting import SOAK, report
+from .support import REPO, UwsgiServer, make_app
 
 PACKAGE = REPO / "spoolkit"
 
@@ -54,6 +56,7 @@ def test_schemathesis_finds_no_5xx_and_only_json_errors(tmp_path: Path) -> None:
     """Every check except positive_data_acceptance: a schema-valid request naming a
     task that is not registered is rightly a 404, not a 2xx."""
     examples = 500 if SOAK else 40
+    summary = tmp_path / "schemathesis.json"
     with UwsgiServer(
         tmp_path, SPOOLKIT_API_TOKEN="fuzz-token", SPOOLKIT_LOG_LEVEL="WARNING"
     ) as server:
@@ -64,15 +67,20 @@ def test_schemathesis_finds_no_5xx_and_only_json_errors(tmp_path: Path) -> None:
              "-H", "Authorization: Bearer fuzz-token",
              "--checks", "all", "--exclude-checks", "positive_data_acceptance",
              "--max-examples", str(examples), "--seed", "7", "--workers", "1",
-             "--request-timeout", "20"],
+             "--request-timeout", "20",
+             "--report", "json", "--report-json-path", str(summary)],
             capture_output=True, text=True, check=False, timeout=900, cwd=tmp_path,
             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SCHEMATHESIS_TELEMETRY": "false"},
         )  # fmt: skip
         assert done.returncode == 0, done.stdout[-6000:]
         assert server.get("/healthz").status == 200
         assert "Traceback" not in server.log_text()
-    generated = re.search(r"(\d+) generated", done.stdout)
-    report("schemathesis", generated=int(generated.group(1)) if generated else None, failures=0)
+    test_cases = json.loads(summary.read_text())["test_cases"]
+    generated, failures = test_cases["generated"], test_cases["unique_failures"]
+    report("schemathesis", generated=generated, failures=failures,
+           failing_cases=test_cases["with_failures"])  # fmt: skip
+    assert generated > 0
+    assert failures == test_cases["with_failures"] == 0
 
 
 # -- the spool decoder -----------------------------------------------------------------------
@@ -161,10 +169,31 @@ def test_job_ids_are_unguessable() -> None:
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", job_id) for job_id in ids)
 
 
-def test_token_is_compared_in_constant_time() -> None:
-    source = (PACKAGE / "api.py").read_text()
-    assert "hmac.compare_digest(" in source
-    assert "== token" not in source and "token ==" not in source
+def test_token_is_compared_in_constant_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both a wrong token of the right length (where ``==`` would leak, byte by byte,
+    how much matched) and the right one go through ``hmac.compare_digest``."""
+    token = "s3cret-token-0123456789"
+    wrong = "s3cret-token-0123456780"
+    compared: list[list[bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes | str, b: bytes | str) -> bool:
+        compared.append(sorted(x.encode() if isinstance(x, str) else bytes(x) for x in (a, b)))
+        return real(a, b)  # type: ignore[arg-type]
+
+    # The kit calls it through the module (``hmac.compare_digest``), wherever the check lives.
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    client = make_app(tmp_path, SPOOLKIT_EAGER=True, SPOOLKIT_API_TOKEN=token).test_client()
+    refused = client.get("/jobs", headers={"Authorization": f"Bearer {wrong}"})
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert sorted([wrong.encode(), token.encode()]) in compared
+    compared.clear()
+    allowed = client.get("/jobs", headers={"Authorization": f"Bearer {token}"})
+    assert allowed.status_code == 200
+    assert [token.encode(), token.encode()] in compared
 
 
 @pytest.mark.e2e

@@ -43,7 +43,9 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
 def internal_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.glob("*.py"):
-        graph[path.stem] = {name for name, _ in imports_of(path) if (PACKAGE / f"{name}.py").exists()}
+        graph[path.stem] = {
+            name for name, _ in imports_of(path) if (PACKAGE / f"{name}.py").exists()
+        }
     return graph
 
 

@@ -37,9 +37,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     yield store
 
 
-def _new(
-    store: Store, job_id: str = "a" * 22, run_at: float | None = None, **kw: object
-) -> None:
+def _new(store: Store, job_id: str = "a" * 22, run_at: float | None = None, **kw: object) -> None:
     fields: dict[str, object] = dict(
         id=job_id, task="t", payload='{"args":[],"kwargs":{}}', max_attempts=2, backoff=1.0,
         priority=None, created_at=100.0, run_at=run_at, spool_file=f"file-{job_id}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from spoolkit import SpoolKit, spool
+from spoolkit import SpoolKit, runtime, spool
 from spoolkit.config import load_config
 from spoolkit.errors import ConfigurationError, DuplicateTaskError, TaskNotFound
 from spoolkit.registry import TaskRegistry
@@ -37,9 +37,25 @@ def test_bare_and_configured_decorator() -> None:
 
 
 def test_bare_spool_uses_the_default_registry() -> None:
+    registries = importlib.import_module(TaskRegistry.__module__)
     jobs = importlib.import_module("tests.jobs")
     assert jobs.add.policy.max_attempts == 3
     assert jobs.add(2, 3) == 5
+    assert registries.default_registry.get("tests.jobs.add") is jobs.add
+
+    def probe(x: int) -> int:
+        return x + 1
+
+    # As if defined at module level under a name nothing else uses: a bare @spool
+    # refuses functions defined inside another. The registry cannot forget a task;
+    # a second run in one process re-registers the same function, which is allowed.
+    probe.__qualname__ = probe.__name__ = "bare_spool_default_registry_probe"
+    task = spool(probe)  # exactly what a bare ``@spool`` line does
+    assert task.name == f"{__name__}.bare_spool_default_registry_probe"
+    assert task.name in registries.default_registry
+    assert registries.default_registry.get(task.name) is task
+    assert task.name not in TaskRegistry()
+    assert (task.policy.max_attempts, task(1)) == (3, 2)
 
 
 def test_duplicate_names_are_refused_but_reimport_is_fine() -> None:
@@ -142,7 +158,6 @@ def test_a_spooler_that_may_not_lower_its_nice_says_how_to_allow_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The refusal branch of renice_spooler (the e2e test sees the branch this machine allows)."""
-    from spoolkit import runtime
 
     def refuse(which: int, who: int, value: int) -> None:
         raise PermissionError(1, "Operation not permitted")

@@ -20,7 +20,7 @@ from spoolkit.encoding import (
     from_spool_dict,
     to_spool_entries,
 )
-from spoolkit.errors import DecodeError, EncodeError, InvalidJobState, InvalidSchedule
+from spoolkit.errors import DecodeError, EncodeError, InvalidSchedule
 from spoolkit.job import Job
 from spoolkit.lifecycle import ClaimAction, decide_claim
 from spoolkit.retry import Retry, RetryPolicy, compute_backoff

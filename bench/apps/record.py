@@ -9,17 +9,18 @@ import struct
 import time
 
 RECORD = struct.Struct("<qd")
-_fd: tuple[int, int] | None = None
+#: The record file's descriptor, by the pid that opened it (a forked worker opens its own).
+_opened: dict[int, int] = {}
 
 
 def record(i: int) -> None:
-    global _fd
-    if _fd is None or _fd[0] != os.getpid():
-        _fd = (
-            os.getpid(),
-            os.open(os.environ["BENCH_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600),
+    pid = os.getpid()
+    fd = _opened.get(pid)
+    if fd is None:
+        fd = _opened[pid] = os.open(
+            os.environ["BENCH_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
         )
-    os.write(_fd[1], RECORD.pack(i, time.time()))
+    os.write(fd, RECORD.pack(i, time.time()))
 
 
 def read_records(path: str) -> list[tuple[int, float]]:
