@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import hmac
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from . import runtime
@@ -21,6 +23,7 @@ from .errors import (
     InvalidSchedule,
     JobNotFound,
     SpoolWriteError,
+    StoreFull,
     StoreUnavailable,
     TaskNotFound,
 )
@@ -31,6 +34,8 @@ from .states import JobState
 
 blueprint = Blueprint("spoolkit", __name__, url_prefix="/jobs")
 
+#: ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
+LIMIT_PATTERN = re.compile(r"[0-9]{1,7}")
 _CREATE_FIELDS = {"task", "args", "kwargs", "at", "countdown", "priority", "max_attempts"}
 
 
@@ -45,6 +50,19 @@ def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
     """``202 Accepted`` with ``Location: /jobs/<id>`` and the job as JSON: return it from a view."""
     location = url_for("spoolkit.get_job", job_id=job.id)
     return job.to_dict(), 202, {"Location": location}
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing a document nested too deeply for Python's parser as
+    invalid JSON (``400``, or ``None`` from ``get_json(silent=True)``) instead of
+    letting its ``RecursionError`` become a ``500``. The extension installs it on
+    apps that use Flask's default provider."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 def refuse_truncated_request() -> Response | None:
@@ -69,14 +87,17 @@ def guard() -> Response | None:
     if request.content_length is not None and request.content_length > config.max_request_bytes:
         return error(413, f"request body over {config.max_request_bytes} bytes")
     request.max_content_length = config.max_request_bytes
-    token = config.api_token
-    if token:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
-        ):
-            return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+    if config.api_token and not authorized(config.api_token):
+        return error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
     return None
+
+
+def authorized(token: str) -> bool:
+    """Does the request carry ``Authorization: Bearer <token>``? (Constant-time compare.)"""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 def json_http_error(exc: HTTPException) -> Response:
@@ -96,16 +117,23 @@ def json_http_error(exc: HTTPException) -> Response:
 blueprint.register_error_handler(HTTPException, json_http_error)
 
 
-@blueprint.errorhandler(StoreUnavailable)
 def store_unavailable(exc: StoreUnavailable) -> Response:
+    """``503`` (``507`` when its disk is full): the job was not recorded; try again later."""
+    if isinstance(exc, StoreFull):
+        return error(507, f"job store full: {exc}", **{"Retry-After": "30"})
     return error(503, f"job store unavailable: {exc}", **{"Retry-After": "5"})
 
 
-@blueprint.errorhandler(SpoolWriteError)
 def spool_unwritable(exc: SpoolWriteError) -> Response:
+    """``507`` when the spool's disk is full, else ``503``: the job was not recorded."""
     cause = exc.__cause__
     full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
     return error(507 if full else 503, str(exc), **{"Retry-After": "30"})
+
+
+#: Registered app-wide by the extension: the app's own routes that queue jobs
+#: answer these errors as the /jobs API does.
+ERROR_HANDLERS = ((StoreUnavailable, store_unavailable), (SpoolWriteError, spool_unwritable))
 
 
 def _job_response(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -157,12 +185,13 @@ def list_jobs() -> Any:
         choices = ", ".join(s.value for s in JobState)
         return error(422, f"state must be one of {choices}")
     limit_text = request.args.get("limit", "50")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
+    if not LIMIT_PATTERN.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
         return error(422, f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
     jobs = current_service().list_jobs(
-        state=state, task=request.args.get("task"), limit=int(limit_text)
+        state=state, task=request.args.get("task"), limit=int(limit_text), with_results=False
     )
-    return {"jobs": [job.to_dict() for job in jobs]}
+    # Results can be large: the list leaves them out; GET /jobs/<id> has each.
+    return {"jobs": [job.to_dict(with_result=False) for job in jobs]}
 
 
 @blueprint.get("/openapi.json")
@@ -200,6 +229,14 @@ def retry_job(job_id: str) -> Any:
 
 
 def health() -> Any:
-    """``GET /healthz``: 200 when the store answers and every spooler is alive, else 503."""
-    healthy, report = current_service().health()
+    """``GET /healthz``: 200 when a job could be accepted and run now (store writable,
+    spool directory usable, every spooler alive, housekeeper recent), else 503.
+
+    Counts and process health for anyone; paths only for a caller with the token.
+    """
+    service = current_service()
+    healthy, report = service.health()
+    token = service.config.api_token
+    if not (token and authorized(token)):
+        report.pop("spool_dir", None)
     return report, 200 if healthy else 503

@@ -27,7 +27,9 @@ def tasks_command() -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 def jobs_command(state: str | None, task: str | None, limit: int) -> None:
     """List jobs, newest first."""
-    jobs = current_service().list_jobs(JobState(state) if state else None, task, limit)
+    jobs = current_service().list_jobs(
+        JobState(state) if state else None, task, limit, with_results=False
+    )
     for job in jobs:
         data = job.to_dict()
         click.echo(f"{job.id}  {job.state.value:<9}  {job.attempts}/{job.max_attempts}  "

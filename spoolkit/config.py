@@ -57,6 +57,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "imports": _list,
     "api_token": _optional,
     "max_request_bytes": int,
+    "max_result_bytes": int,
     "max_backoff": float,
     "result_ttl": float,
     "housekeeping_interval": float,
@@ -78,6 +79,8 @@ class Config:
     imports: tuple[str, ...] = ()
     api_token: str | None = None
     max_request_bytes: int = 1024 * 1024
+    #: A task's result larger than this, encoded, fails the job (``ResultTooLarge``).
+    max_result_bytes: int = 1024 * 1024
     max_backoff: float = 3600.0
     result_ttl: float = 7 * 24 * 3600.0
     housekeeping_interval: float = 5.0
@@ -98,6 +101,7 @@ class Config:
         positive = (
             "local_workers",
             "max_request_bytes",
+            "max_result_bytes",
             "housekeeping_interval",
             "retry_after",
             "store_timeout",

@@ -71,7 +71,8 @@ class Dispatcher:
         try:
             directory = os.getcwd()
             raw = spool.get("spooler_task_name", b"")
-            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            # fsdecode keeps a non-UTF-8 name usable for the file operations below.
+            text = os.fsdecode(raw) if isinstance(raw, bytes) else str(raw)
             name = os.path.basename(text)
             handler = self.handler_for(directory)
             if handler is None:

@@ -13,6 +13,7 @@ from .config import Config
 from .encoding import decode_arguments
 from .job import Job
 from .registry import TaskRegistry
+from .runner import Deferred, Handoff
 from .runtime import ProcessHost
 from .schedule import Parking
 from .store import Store
@@ -34,16 +35,32 @@ class EagerRunner:
 
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
         self.host = ProcessHost()
-        self.worker = Worker(app, store, registry, self.host, max_backoff=config.max_backoff)
+        self.worker = Worker.for_config(app, config, store, registry, self.host)
         log.warning("SPOOLKIT_EAGER is on: jobs run inside delay(), at once (tests only)")
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return EAGER_DELIVERY
 
+    def stage(
+        self,
+        job_id: str,
+        task: str,
+        delivery: str | None,
+        payload: str,
+        run_at: float | None,
+        priority: int | None,
+    ) -> Handoff:
+        """Run the job at ``commit``, once its row exists."""
+        return Deferred(lambda: self._run(job_id, task, payload))
+
     def submit(self, job: Job, payload: str) -> None:
+        self._run(job.id, job.task, payload)
+
+    def _run(self, job_id: str, task: str, payload: str) -> None:
         args, kwargs = decode_arguments(payload)
-        for _ in range(job.max_attempts + 1):
-            step = self.worker.process(job.id, EAGER_DELIVERY, job.task, args, kwargs)
+        job = self.worker.store.get(job_id)
+        for _ in range((job.max_attempts if job else 1) + 1):
+            step = self.worker.process(job_id, EAGER_DELIVERY, task, args, kwargs)
             if step.verdict is not Verdict.AGAIN:
                 return
 
@@ -53,8 +70,8 @@ class EagerRunner:
     def survey(self, now: float) -> Callable[[Job], bool]:
         return lambda job: True  # nothing is ever on its way: it has run
 
-    def heartbeat(self) -> None:
-        """Nothing to publish."""
+    def maintain(self, now: float) -> None:
+        """Nothing is held: every job has run already."""
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return True, {}

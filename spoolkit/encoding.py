@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DecodeError, EncodeError
+from .errors import DecodeError, EncodeError, ResultTooLarge
 
 ENVELOPE_VERSION = b"1"
 #: Arguments larger than this travel in the spool file's body.
@@ -35,7 +35,12 @@ class Envelope:
 
 
 def _json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    """Compact JSON in ASCII: a lone surrogate (``os.fsdecode()`` of a non-UTF-8 name)
+    is escaped, so every encoded value can be stored and written to a spool file."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def encode_arguments(
@@ -79,15 +84,22 @@ def decode_arguments(payload: str | bytes) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def encode_result(task: str, value: object) -> str:
-    """A task's return value as JSON, or :class:`EncodeError` saying which task returned what."""
+def encode_result(task: str, value: object, limit: int | None = None) -> str:
+    """A task's return value as JSON, or :class:`EncodeError` saying which task returned
+    what; :class:`ResultTooLarge` when it is over ``limit`` bytes."""
     try:
-        return _json(value)
+        text = _json(value)
     except (TypeError, ValueError) as exc:
         raise EncodeError(
             f"task {task!r} returned a {type(value).__name__}, which is not JSON: {exc}. "
             "Return JSON types (str, int, float, bool, None, list, dict), or a file path."
         ) from None
+    if limit is not None and len(text) > limit:
+        raise ResultTooLarge(
+            f"task {task!r} returned {len(text)} bytes of JSON, over SPOOLKIT_MAX_RESULT_BYTES="
+            f"{limit}: store large output in a file and return its path"
+        )
+    return text
 
 
 def to_spool_entries(job_id: str, task: str, payload: str) -> tuple[dict[bytes, bytes], bytes]:

@@ -27,6 +27,10 @@ class EncodeError(SpoolkitError, TypeError):
     """Arguments or a result cannot be encoded as JSON for the spool."""
 
 
+class ResultTooLarge(EncodeError):
+    """A task's result is over ``SPOOLKIT_MAX_RESULT_BYTES`` once encoded."""
+
+
 class DecodeError(SpoolkitError, ValueError):
     """A spool file does not hold a job envelope this version can read."""
 
@@ -49,6 +53,10 @@ class InvalidJobState(SpoolkitError):
 
 class StoreUnavailable(SpoolkitError):
     """The job store did not answer (locked past its timeout, or unreachable)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The job store's disk is full: nothing was recorded (HTTP 507)."""
 
 
 class SpoolWriteError(SpoolkitError):

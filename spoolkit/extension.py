@@ -6,6 +6,7 @@ import importlib
 import logging
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from . import api, cli, runtime
 from .config import Config, load_config
@@ -71,8 +72,16 @@ class SpoolKit:
         service = JobService(app, config, self.registry, store, runner)
         app.extensions[EXTENSION_KEY] = service
         services.append(service)
+        # The app's own routes get the limits /jobs has: a body size (413) and
+        # JSON nesting (400), unless the app chose its own.
+        if app.config.get("MAX_CONTENT_LENGTH") is None:
+            app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+        if type(app.json) is DefaultJSONProvider:
+            app.json = api.JSONProvider(app)
         app.before_request(api.refuse_truncated_request)
         app.register_blueprint(api.blueprint)
+        for error, handler in api.ERROR_HANDLERS:
+            app.register_error_handler(error, handler)
         app.add_url_rule("/healthz", "spoolkit_health", api.health)
         app.cli.add_command(cli.group)
         log.info("%s mode, store %s, tasks: %s", runner.name, store.path,

@@ -138,7 +138,7 @@ class Housekeeper:
         while True:
             now = time.time()
             try:
-                self.runner.heartbeat()
+                self.runner.maintain(now)
                 self.spool_due(now)
                 self.store.checkpoint()
                 if now >= next_pass:

@@ -64,9 +64,9 @@ class Job:
     def is_finished(self) -> bool:
         return self.state.is_finished
 
-    def to_dict(self) -> dict[str, Any]:
-        """The job as the HTTP API shows it."""
-        return {
+    def to_dict(self, *, with_result: bool = True) -> dict[str, Any]:
+        """The job as the HTTP API shows it (lists leave ``result`` out)."""
+        shown = {
             "id": self.id,
             "task": self.task,
             "state": self.state.value,
@@ -81,6 +81,9 @@ class Job:
             "result": self.result,
             "error": self.error.to_dict() if self.error else None,
         }
+        if not with_result:
+            del shown["result"]
+        return shown
 
 
 def _plain(number: float | None) -> float | int | None:

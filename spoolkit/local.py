@@ -23,6 +23,7 @@ from .config import Config
 from .encoding import decode_arguments
 from .job import Job
 from .registry import TaskRegistry
+from .runner import Deferred, Handoff
 from .runtime import ProcessHost, runner_alive
 from .schedule import Parking
 from .store import Store
@@ -66,7 +67,7 @@ class LocalRunner:
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
         self.workers = config.local_workers
         self.host = ProcessHost()
-        self.worker = Worker(app, store, registry, self.host, max_backoff=config.max_backoff)
+        self.worker = Worker.for_config(app, config, store, registry, self.host)
         self._cond = threading.Condition()
         self._ready: list[_Delivery] = []
         self._delayed: list[tuple[float, int, _Delivery]] = []
@@ -81,12 +82,24 @@ class LocalRunner:
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return LOCAL_PREFIX + self.host.instance()
 
-    def submit(self, job: Job, payload: str) -> None:
+    def stage(
+        self,
+        job_id: str,
+        task: str,
+        delivery: str | None,
+        payload: str,
+        run_at: float | None,
+        priority: int | None,
+    ) -> Handoff:
+        """Nothing can fail for want of space here: queue it in memory at ``commit``."""
         args, kwargs = decode_arguments(payload)
-        seq = next(self._seq)
-        delivery = _Delivery((job.priority if job.priority is not None else 100, seq),
-                             job.id, job.spool_file or "", job.task, args, kwargs)  # fmt: skip
-        self._put(delivery, job.scheduled_for)
+        queued = _Delivery((priority if priority is not None else 100, next(self._seq)),
+                           job_id, delivery or "", task, args, kwargs)  # fmt: skip
+        return Deferred(lambda: self._put(queued, run_at))
+
+    def submit(self, job: Job, payload: str) -> None:
+        self.stage(job.id, job.task, job.spool_file, payload, job.scheduled_for,
+                   job.priority).commit()  # fmt: skip
 
     def release(self, job: Job) -> None:
         """Nothing to do: the queued entry is dropped when its claim sees ``cancelled``."""
@@ -135,8 +148,8 @@ class LocalRunner:
     def survey(self, now: float) -> Callable[[Job], bool]:
         return lambda job: local_delivery_alive(job.spool_file or "")
 
-    def heartbeat(self) -> None:
-        """Nothing to publish: no other process wakes these threads."""
+    def maintain(self, now: float) -> None:
+        """Nothing to keep in order: jobs wait in memory."""
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return True, {"local_workers": self.workers}

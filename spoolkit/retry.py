@@ -17,6 +17,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF = 1.0
 DEFAULT_MAX_BACKOFF = 3600.0
 DEFAULT_JITTER = 0.2
+#: More attempts than this is a mistake (and past SQLite's 64-bit integers, an error).
+MAX_ATTEMPTS_LIMIT = 10_000
 
 
 class Retry(Exception):
@@ -72,8 +74,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise TypeError(f"max_attempts must be an int, got {self.max_attempts!r}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT:
+            raise ValueError(
+                f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {self.max_attempts}"
+            )
         if isinstance(self.backoff, bool) or not isinstance(self.backoff, int | float):
             raise TypeError(f"backoff must be a number of seconds, got {self.backoff!r}")
         if not math.isfinite(self.backoff) or self.backoff < 0:

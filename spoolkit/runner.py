@@ -22,6 +22,33 @@ from .schedule import Parking
 from .worker import Host
 
 
+class Handoff(Protocol):
+    """A job staged with a runner before its row is recorded (see ``Runner.stage``)."""
+
+    def commit(self) -> None:
+        """The row is recorded: let the runner run the job. Never raises."""
+        ...
+
+    def abort(self) -> None:
+        """The row could not be recorded: the job must never run."""
+        ...
+
+
+class Deferred:
+    """A handoff with nothing to undo: ``commit`` calls ``then`` (if given), ``abort``
+    does nothing. For runners that hold jobs in memory, and for parked jobs."""
+
+    def __init__(self, then: Callable[[], None] | None = None) -> None:
+        self.then = then
+
+    def commit(self) -> None:
+        if self.then is not None:
+            self.then()
+
+    def abort(self) -> None:
+        """Nothing was handed over yet."""
+
+
 class Runner(Protocol):
     @property
     def name(self) -> str:
@@ -57,8 +84,24 @@ class Runner(Protocol):
         """Name the delivery of a new job (recorded in the row before ``submit``)."""
         ...
 
+    def stage(
+        self,
+        job_id: str,
+        task: str,
+        delivery: str | None,
+        payload: str,
+        run_at: float | None,
+        priority: int | None,
+    ) -> Handoff:
+        """Hand a job over in two steps around recording its row: what can fail for
+        want of space (writing a spool file) happens here, before the row exists
+        (``SpoolWriteError``: nothing is recorded), and nothing runs until
+        ``commit()``. So a job is either recorded and runs, or neither."""
+        ...
+
     def submit(self, job: Job, payload: str) -> None:
-        """Hand a recorded job to the runner (``SpoolWriteError`` if that failed)."""
+        """Hand over a job whose row already names ``job.spool_file`` (the housekeeper's
+        recovery); ``SpoolWriteError`` if that failed (the next pass tries again)."""
         ...
 
     def release(self, job: Job) -> None:
@@ -71,8 +114,10 @@ class Runner(Protocol):
         those for which it answers ``False``)."""
         ...
 
-    def heartbeat(self) -> None:
-        """Called by the housekeeper on every tick: publish what producers need."""
+    def maintain(self, now: float) -> None:
+        """Called by the housekeeper on every tick: keep what the runner holds in order
+        (the spooler: recreate a removed spool directory, publish its spoolers for
+        producers, purge its quarantine)."""
         ...
 
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -25,13 +25,21 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _float(number: object, name: str) -> float:
+    """``float(number)``, with an int too large for a float as ``InvalidSchedule``."""
+    try:
+        return float(number)  # type: ignore[arg-type]
+    except OverflowError:
+        raise InvalidSchedule(f"{name} is out of range") from None
+
+
 def to_timestamp(at: object) -> float:
     """Unix seconds from a ``datetime``, a number of unix seconds or an ISO 8601 string."""
     if isinstance(at, datetime):
         moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
         return moment.timestamp()
     if _is_number(at):
-        value = float(at)  # type: ignore[arg-type]
+        value = _float(at, "at")
     elif isinstance(at, str):
         try:
             value = to_timestamp(datetime.fromisoformat(at.strip()))
@@ -63,7 +71,7 @@ def resolve_run_at(at: object, countdown: object, now: float) -> float | None:
     if countdown is not None:
         if not _is_number(countdown):
             raise InvalidSchedule(f"countdown must be a number of seconds, got {countdown!r}")
-        seconds = float(countdown)  # type: ignore[arg-type]
+        seconds = _float(countdown, "countdown")
         if not math.isfinite(seconds) or seconds < 0 or now + seconds > _LATEST:
             raise InvalidSchedule(f"countdown must be >= 0 seconds, got {countdown!r}")
         return now + seconds if seconds > 0 else None
@@ -108,7 +116,9 @@ def isoformat(timestamp: float | None) -> str | None:
     """``2026-11-22T03:40:34.123456Z`` for the API, or ``None``."""
     if timestamp is None:
         return None
-    text = datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="microseconds")
+    # Clamped into what datetime can show: a stored row must never break the API.
+    moment = min(max(float(timestamp), 0.0), _LATEST) if math.isfinite(timestamp) else _LATEST
+    text = datetime.fromtimestamp(moment, tz=UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
 
 

@@ -17,14 +17,14 @@ from typing import Any
 from flask import Flask, current_app, has_app_context
 
 from .config import Config
-from .errors import ConfigurationError, JobNotFound, SpoolWriteError
+from .errors import ConfigurationError, JobNotFound, StoreUnavailable
 from .job import Job
 from .registry import TaskRegistry
 from .retry import RetryPolicy
 from .runner import Runner
 from .schedule import resolve_run_at, validate_priority
 from .states import JobState
-from .store import NewJob, Store
+from .store import HOUSEKEEPER_BEAT, NewJob, Store
 from .task import EXTENSION_KEY, Call
 
 log = logging.getLogger("spoolkit")
@@ -78,27 +78,34 @@ class JobService:
         if max_attempts is not None:
             policy = RetryPolicy(max_attempts=max_attempts, backoff=policy.backoff)  # type: ignore[arg-type]
         job_id = new_job_id()
-        parked = self.runner.parking.parks(run_at, now)
-        job = self.store.insert(
-            NewJob(
-                id=job_id,
-                task=call.task,
-                payload=call.payload,
-                max_attempts=policy.max_attempts,
-                backoff=policy.backoff,
-                priority=checked_priority,
-                created_at=now,
-                run_at=run_at,
-                spool_file=None
-                if parked
-                else self.runner.delivery_for(job_id, checked_priority, now),
-            )
+        delivery = (
+            None
+            if self.runner.parking.parks(run_at, now)
+            else self.runner.delivery_for(job_id, checked_priority, now)
+        )
+        # The spool file first, not yet due: a full disk refuses the job before
+        # anything is recorded, and nothing runs before the row exists.
+        handoff = self.runner.stage(
+            job_id, call.task, delivery, call.payload, run_at, checked_priority
         )
         try:
-            self.runner.submit(job, call.payload)
-        except SpoolWriteError:
-            self.store.delete(job.id)
+            job = self.store.insert(
+                NewJob(
+                    id=job_id,
+                    task=call.task,
+                    payload=call.payload,
+                    max_attempts=policy.max_attempts,
+                    backoff=policy.backoff,
+                    priority=checked_priority,
+                    created_at=now,
+                    run_at=run_at,
+                    spool_file=delivery,
+                )
+            )
+        except BaseException:
+            handoff.abort()
             raise
+        handoff.commit()
         log.info(
             "job %s %s: %s (max %d attempts)", job.id, job.state.value, job.task, job.max_attempts
         )
@@ -119,9 +126,14 @@ class JobService:
         return job
 
     def list_jobs(
-        self, state: JobState | None = None, task: str | None = None, limit: int = 50
+        self,
+        state: JobState | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        *,
+        with_results: bool = True,
     ) -> list[Job]:
-        return self.store.list_jobs(state=state, task=task, limit=limit)
+        return self.store.list_jobs(state=state, task=task, limit=limit, with_results=with_results)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or scheduled job: it will never run.
@@ -136,12 +148,22 @@ class JobService:
         return job
 
     def retry(self, job_id: str) -> Job:
-        """Queue a failed or cancelled job again with a fresh attempt budget."""
+        """Queue a failed or cancelled job again with a fresh attempt budget.
+
+        Staged like a new job: answered with an error, it never runs again.
+        """
         now = time.time()
         current = self.get(job_id)
         delivery = self.runner.delivery_for(job_id, current.priority, now)
-        job = self.store.restart(job_id, delivery, now)
-        self.runner.submit(job, self.store.payload(job_id))
+        handoff = self.runner.stage(
+            job_id, current.task, delivery, self.store.payload(job_id), None, current.priority
+        )
+        try:
+            job = self.store.restart(job_id, delivery, now)
+        except BaseException:
+            handoff.abort()
+            raise
+        handoff.commit()
         log.info("job %s queued again by request (was %s)", job.id, current.state.value)
         return job
 
@@ -149,13 +171,20 @@ class JobService:
         report: dict[str, Any] = {"mode": self.runner.name}
         healthy = True
         try:
+            self.store.check()
             report["jobs"] = self.store.counts()
             report["store"] = "ok"
-        except Exception as exc:
+        except StoreUnavailable as exc:
             report["store"] = f"unavailable: {exc}"
             healthy = False
         runner_ok, runner_report = self.runner.health()
         report.update(runner_report)
         healthy = healthy and runner_ok
+        if self.runner.housekept and healthy:
+            beat = self.store.get_meta(HOUSEKEEPER_BEAT)
+            age = round(time.time() - float(beat), 1) if beat else None
+            late = age is not None and age > max(30.0, 3 * self.config.housekeeping_interval)
+            report["housekeeper"] = {"last_run_age": age, "ok": not late}
+            healthy = not late
         report["status"] = "ok" if healthy else "unhealthy"
         return healthy, report

@@ -10,6 +10,7 @@ callable uWSGI hands spool files to. Jobs due more than
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -24,9 +25,10 @@ from .errors import DecodeError
 from .job import Job
 from .local import is_local_delivery, local_delivery_alive
 from .registry import TaskRegistry
+from .runner import Deferred, Handoff
 from .schedule import Parking, spool_mtime
 from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
-from .store import HOUSEKEEPER_BEAT, Store
+from .store import Store
 from .worker import Verdict, Worker
 
 log = logging.getLogger("spoolkit.spooler")
@@ -35,6 +37,28 @@ _TRUE = {"1", "true", "yes", "on"}
 #: A file shorter than uWSGI's header, due for this long, is torn (uWSGI's own
 #: writer holds a lock on the empty file only for the moment it writes it).
 TORN_AFTER = 5.0
+
+
+class _StagedFile:
+    def __init__(self, directory: SpoolDirectory, relative: str, due: int | None) -> None:
+        self.directory = directory
+        self.relative = relative
+        self.due = due
+
+    def commit(self) -> None:
+        try:
+            if self.due is not None and not self.directory.set_mtime(self.relative, self.due):
+                log.warning("staged spool file %s vanished; the housekeeper spools its job "
+                            "again", self.relative)  # fmt: skip
+        except OSError as exc:
+            log.error("staged spool file %s: cannot make it due (%s); it runs when its "
+                      "hold ends", self.relative, exc.strerror)  # fmt: skip
+        self.directory.wake()
+
+    def abort(self) -> None:
+        if not self.directory.remove_unclaimed(self.relative):
+            log.warning("staged spool file %s is held by a spooler, which will find no job "
+                        "for it and quarantine it", self.relative)  # fmt: skip
 
 
 class SpoolerRunner:
@@ -55,10 +79,13 @@ class SpoolerRunner:
         )  # fmt: skip
         self.parking = Parking(config.spool_ahead)
         self.host = runtime.UwsgiHost()
-        self.store = store
         self.nice = config.spooler_nice
-        self.worker = Worker(app, store, registry, self.host, parking=self.parking,
-                             max_backoff=config.max_backoff)  # fmt: skip
+        #: How long a staged file waits for its row (see ``stage``), in seconds.
+        self.hold = config.store_timeout + 30.0
+        self.retention = config.result_ttl
+        self.purge_interval = config.housekeeping_interval
+        self._next_purge = 0.0
+        self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking)
         self._reniced_pid: int | None = None
         if runtime.in_master_before_fork() and runtime.uwsgi_option("spooler"):
             # After a crash of the machine, files can be torn; uWSGI handles
@@ -76,6 +103,29 @@ class SpoolerRunner:
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return self.directory.relative_name(spool_file_name(job_id, now), priority)
+
+    def stage(
+        self,
+        job_id: str,
+        task: str,
+        delivery: str | None,
+        payload: str,
+        run_at: float | None,
+        priority: int | None,
+    ) -> Handoff:
+        """Write the job's file now, not due for ``hold`` seconds (or until its own
+        time, if later); ``commit`` makes it due and wakes the spoolers, ``abort``
+        removes it. A web worker that dies in between leaves a file that runs when
+        the hold ends; a row that took longer than the hold finds its file
+        quarantined by a spooler (no job yet) and the housekeeper spools it again."""
+        if delivery is None:
+            return Deferred()  # parked: the housekeeper spools it when it is nearly due
+        now = time.time()
+        due = spool_mtime(run_at, now)
+        staged = max(due, math.ceil(now + self.hold))
+        entries, body = to_spool_entries(job_id, task, payload)
+        self.directory.write(delivery, entries, body, staged, wake=False)
+        return _StagedFile(self.directory, delivery, due if due < staged else None)
 
     def submit(self, job: Job, payload: str) -> None:
         if job.spool_file is None:
@@ -176,10 +226,21 @@ class SpoolerRunner:
 
         return on_its_way
 
-    def heartbeat(self) -> None:
-        """Tell producers in other instances which spoolers to wake."""
+    def maintain(self, now: float) -> None:
+        """Recreate a removed spool directory (the housekeeper's next pass spools its jobs
+        again from the store), tell producers in other instances which spoolers to wake,
+        and purge quarantined files past ``SPOOLKIT_RESULT_TTL``."""
+        if self.directory.usable() == "spool directory missing":
+            log.error("spool directory %s is gone; creating it again (its jobs are spooled "
+                      "again from the store)", self.directory.path)  # fmt: skip
+            self.directory.prepare()
         if runtime.uwsgi_option("spooler"):
             runtime.publish_spoolers(self.directory.path)
+        if self.retention > 0 and now >= self._next_purge:
+            self._next_purge = now + self.purge_interval
+            if purged := self.directory.purge_quarantine(now - self.retention):
+                log.info("purged %d quarantined spool files older than %.0fs",
+                         purged, self.retention)  # fmt: skip
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         pids = runtime.spooler_pids()
@@ -195,7 +256,7 @@ class SpoolerRunner:
             external = len(self.waker.published())
             report["spoolers"]["external"] = external
             ok = external > 0
-        beat = self.store.get_meta(HOUSEKEEPER_BEAT)
-        age = round(time.time() - float(beat), 1) if beat else None
-        report["housekeeper"] = {"last_run_age": age}
-        return ok, report
+        problem = self.directory.usable()
+        report["spool"] = problem or "ok"
+        report["quarantined"] = len(self.directory.quarantined())
+        return ok and problem is None, report

@@ -120,7 +120,9 @@ class SpoolDirectory:
     wake: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
-        self.path = os.path.abspath(self.path)
+        # Resolved like uWSGI does (realpath() before it chdir()s in), so the working
+        # directory of a spooler names this very path.
+        self.path = os.path.realpath(self.path)
 
     def prepare(self) -> None:
         """Create the directory and its quarantine, private to this user (0700)."""
@@ -161,6 +163,8 @@ class SpoolDirectory:
         entries: Mapping[bytes, bytes],
         body: bytes,
         mtime: int,
+        *,
+        wake: bool = True,
     ) -> None:
         """Create the job file at ``relative`` the way uWSGI's own writer does.
 
@@ -171,6 +175,7 @@ class SpoolDirectory:
         three, and creating entries is what costs most on ext4). An existing
         file is left alone: it is the same job, spooled concurrently. A failed
         write (disk full) removes the file and raises :class:`SpoolWriteError`.
+        ``wake=False`` leaves the spoolers asleep (the file is staged, not due).
         """
         target = self.absolute(relative)
         directory = os.path.dirname(target)
@@ -195,8 +200,31 @@ class SpoolDirectory:
             finally:
                 os.close(fd)  # releases the lock
         except OSError as exc:
-            raise SpoolWriteError(f"cannot write spool file {target}: {exc.strerror}") from exc
-        self.wake()
+            raise SpoolWriteError(f"cannot write spool file {relative}: {exc.strerror}") from exc
+        if wake:
+            self.wake()
+
+    def remove_unclaimed(self, relative: str) -> bool:
+        """Remove a staged file no spooler holds; ``False`` if one does (or it is gone).
+
+        A spooler holds a file's lock while it runs it, and uWSGI stops a
+        spooler whose final unlink fails, so a held file is left to that
+        spooler (which finds no job for it and quarantines it).
+        """
+        path = self.absolute(relative)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        else:
+            os.unlink(path)
+            return True
+        finally:
+            os.close(fd)
 
     def set_mtime(self, relative: str, mtime: int) -> bool:
         """Move a file's ``at``; ``False`` if the file is gone. Never opens the file."""
@@ -225,6 +253,39 @@ class SpoolDirectory:
             log.error("cannot quarantine spool file %s: quarantine is on another filesystem", name)
             return None
         return target
+
+    def quarantined(self) -> list[tuple[str, float]]:
+        """``(name, mtime)`` of every file in the quarantine."""
+        found = []
+        try:
+            with os.scandir(self.quarantine_path) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        found.append((entry.name, entry.stat(follow_symlinks=False).st_mtime))
+        except FileNotFoundError:
+            pass
+        return found
+
+    def purge_quarantine(self, before: float) -> int:
+        """Delete quarantined files last changed before ``before``; how many.
+
+        They hold job arguments, so they are kept no longer than finished jobs.
+        """
+        purged = 0
+        for name, mtime in self.quarantined():
+            if mtime < before:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.quarantine_path, name))
+                    purged += 1
+        return purged
+
+    def usable(self) -> str | None:
+        """Why jobs cannot be written here (missing, not writable), or ``None``."""
+        if not os.path.isdir(self.path):
+            return "spool directory missing"
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            return "spool directory not writable"
+        return None
 
     def names(self) -> set[str]:
         """Relative paths of every job file, read from the directory alone (no stat)."""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .errors import InvalidJobState, JobNotFound, StoreUnavailable
+from .errors import InvalidJobState, JobNotFound, StoreFull, StoreUnavailable
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
 from .states import FINISHED, RETRYABLE, WAITING, JobState
@@ -67,6 +67,15 @@ _COLUMNS = (
 # Connections inherited through fork() are never closed in the child (that can
 # release the parent's locks); they are parked here instead.
 _INHERITED: list[sqlite3.Connection] = []
+
+
+def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
+    """The named error for a failed SQLite call: ``StoreFull`` when its disk is full.
+
+    The message names the file, never its directory: it reaches HTTP clients.
+    """
+    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return (StoreFull if full else StoreUnavailable)(f"{what}: {exc}")
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
@@ -120,6 +129,8 @@ class SQLiteStore:  # implements store.Store
         if synchronous.upper() not in {"FULL", "NORMAL", "OFF"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, got {synchronous!r}")
         self.path = os.path.abspath(path)
+        self.name = os.path.basename(self.path)
+        self._inode: int | None = None
         self.synchronous = synchronous.upper()
         self.timeout = timeout
         self.autocheckpoint = autocheckpoint
@@ -148,7 +159,7 @@ class SQLiteStore:  # implements store.Store
             try:
                 conn = local.conns[durable] = self._open(level)
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"cannot open the job store {self.path}: {exc}") from exc
+                raise unavailable(f"cannot open the job store {self.name}", exc) from exc
         return conn
 
     def setup(self) -> None:
@@ -164,12 +175,25 @@ class SQLiteStore:  # implements store.Store
                 (str(SCHEMA_VERSION),),
             )
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot set up the job store at {self.path}: {exc}") from exc
+            raise unavailable(f"cannot set up the job store {self.name}", exc) from exc
         finally:
             conn.close()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.path + suffix):
                 os.chmod(self.path + suffix, 0o600)
+        self._inode = os.stat(self.path).st_ino
+
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` unless a job could be recorded now: the file is
+        still the one set up (not removed or replaced under the open connections)
+        and a write commits (not read-only, not full)."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except OSError as exc:
+            raise StoreUnavailable(f"job store {self.name} is gone: {exc.strerror}") from exc
+        if self._inode is not None and inode != self._inode:
+            raise StoreUnavailable(f"job store {self.name} was replaced: restart the server")
+        self.set_meta("checked", repr(time.time()))
 
     def _locked(self, attempt: Callable[[], T], *, patient: bool = False) -> T:
         """Run ``attempt`` until the database is not locked, for up to ``timeout`` seconds.
@@ -193,7 +217,7 @@ class SQLiteStore:  # implements store.Store
                     pause = min(pause * 2, 0.005)
                     continue
                 if not patient:
-                    raise StoreUnavailable(f"job store {self.path}: {exc}") from exc
+                    raise unavailable(f"job store {self.name}", exc) from exc
                 failures += 1
                 if failures % 10 == 1:
                     log.warning("job store unavailable, will keep trying: %s", exc)
@@ -212,7 +236,7 @@ class SQLiteStore:  # implements store.Store
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise StoreUnavailable(f"job store {self.path}: {exc}") from exc
+                raise unavailable(f"job store {self.name}", exc) from exc
             raise
 
     def _statement(
@@ -250,7 +274,12 @@ class SQLiteStore:  # implements store.Store
         return str(rows[0][0])
 
     def list_jobs(
-        self, state: JobState | None = None, task: str | None = None, limit: int = 50
+        self,
+        state: JobState | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        *,
+        with_results: bool = True,
     ) -> list[Job]:
         where, params = [], []
         if state is not None:
@@ -260,8 +289,9 @@ class SQLiteStore:  # implements store.Store
             where.append("task = ?")
             params.append(task)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
+        columns = _COLUMNS if with_results else _COLUMNS.replace(" result,", " NULL,")
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id LIMIT ?",
+            f"SELECT {columns} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id LIMIT ?",
             [*params, limit],
         )
         return [_row_to_job(row) for row in rows]

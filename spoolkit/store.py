@@ -53,9 +53,14 @@ class Store(Protocol):
         ...
 
     def list_jobs(
-        self, state: JobState | None = None, task: str | None = None, limit: int = 50
+        self,
+        state: JobState | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        *,
+        with_results: bool = True,
     ) -> list[Job]:
-        """Newest first."""
+        """Newest first; ``with_results=False`` leaves every ``result`` out (``None``)."""
         ...
 
     def counts(self) -> dict[str, int]:
@@ -72,6 +77,9 @@ class Store(Protocol):
 
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    def check(self) -> None:
+        """Raise ``StoreUnavailable`` unless a job could be recorded now (for /healthz)."""
+
     def checkpoint(self) -> None:
         """Maintenance the housekeeper does off the hot path (SQLite: the WAL)."""
 

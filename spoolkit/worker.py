@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from flask import Flask
 
+from .config import Config
 from .context import JobContext, running
 from .encoding import encode_result
 from .errors import EncodeError, StoreUnavailable, TaskNotFound
@@ -84,13 +85,41 @@ def error_from(exc: BaseException) -> JobError:
         if kind.__module__ == "builtins"
         else f"{kind.__module__}.{kind.__qualname__}"
     )
-    trace = "".join(traceback.format_exception(exc))
+    try:
+        message = str(exc)
+    except Exception:  # a __str__ that fails must not lose the outcome
+        message = f"<{name} whose message cannot be shown>"
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:
+        trace = ""
     return JobError(
-        type=name, message=str(exc)[:_MESSAGE_LIMIT], traceback=trace[-_TRACEBACK_TAIL:]
+        type=name,
+        message=storable(message[:_MESSAGE_LIMIT]),
+        traceback=storable(trace[-_TRACEBACK_TAIL:]),
     )
 
 
+def storable(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (lone surrogates) escaped as ``\\udcff``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Worker:
+    @classmethod
+    def for_config(
+        cls,
+        app: Flask,
+        config: Config,
+        store: Store,
+        registry: TaskRegistry,
+        host: Host,
+        parking: Parking | None = None,
+    ) -> Worker:
+        """A worker with the limits the kit's settings give."""
+        return cls(app, store, registry, host, parking=parking, max_backoff=config.max_backoff,
+                   max_result_bytes=config.max_result_bytes)  # fmt: skip
+
     def __init__(
         self,
         app: Flask,
@@ -100,6 +129,7 @@ class Worker:
         *,
         parking: Parking | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
+        max_result_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.store = store
@@ -107,6 +137,7 @@ class Worker:
         self.host = host
         self.parking = parking or Parking()
         self.max_backoff = max_backoff
+        self.max_result_bytes = max_result_bytes
 
     def process(
         self,
@@ -164,20 +195,25 @@ class Worker:
         error: JobError | None = None
         countdown: float | None = None
         retryable = True
+        runner = os.getpid()
         try:
             with self.app.app_context(), running(context):
                 value = task.fn(*args, **kwargs)
         except Retry as exc:
             countdown = exc.countdown
-            error = JobError("Retry", str(exc))
+            error = JobError("Retry", storable(str(exc)))
         except Exception as exc:
             error = error_from(exc)
         else:
             try:
-                result = encode_result(job.task, value)
+                result = encode_result(job.task, value, self.max_result_bytes)
             except EncodeError as exc:
                 error, retryable = error_from(exc), False
         finally:
+            if os.getpid() != runner:
+                # A task forked and the child returned here: it must never act as the
+                # runner (record an outcome, return into uWSGI's spooler loop).
+                os._exit(0 if error is None else 1)
             self._flush(context, job.id)
         elapsed = time.monotonic() - started
         return self._record(job, time.time(), result=result, error=error, countdown=countdown,
@@ -197,9 +233,10 @@ class Worker:
     ) -> Step:
         retry_at = None
         if error is not None and retryable and job.attempts < job.max_attempts:
-            delay = countdown
-            if delay is None:
+            if countdown is None:
                 delay = compute_backoff(job.attempts, base=job.backoff, cap=self.max_backoff)
+            else:  # Retry(countdown=...) from, say, an upstream Retry-After: capped too
+                delay = min(countdown, self.max_backoff)
             retry_at = now + delay
         pid = os.getpid() if runner_pid is None else runner_pid
         park = self.parking.parks(retry_at, now)

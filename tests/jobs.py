@@ -147,3 +147,61 @@ def storm(tag: str, seconds: float) -> str:
         os.close(fd)
     time.sleep(seconds)
     return tag
+
+
+# -- outcomes a store cannot hold as they are (issue: reliability II) --------------------
+
+
+@spool(max_attempts=3, backoff=0)
+def surrogate_result(tag: str) -> str:
+    """What os.fsdecode() gives for a non-UTF-8 file name: a lone surrogate."""
+    record(tag)
+    return os.fsdecode(b"report-\xff.wav")
+
+
+@spool(max_attempts=3, backoff=0)
+def surrogate_error(tag: str) -> None:
+    record(tag)
+    name = os.fsdecode(b"input-\xfe.txt")
+    raise FileNotFoundError(f"no such file: {name}")
+
+
+@spool(max_attempts=3, backoff=0)
+def deep_result(tag: str, depth: int) -> Any:
+    record(tag)
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@spool(max_attempts=3, backoff=0)
+def huge_result(tag: str, size: int) -> str:
+    record(tag)
+    return "x" * size
+
+
+@spool(max_attempts=3, backoff=0)
+def retry_after(tag: str, countdown: float) -> int:
+    """Asks for a retry as an upstream Retry-After header could: any number of seconds."""
+    runs = record(tag)
+    if runs == 1:
+        raise Retry(countdown=countdown, reason="upstream says later")
+    return runs
+
+
+@spool(max_attempts=3, backoff=0)
+def forks(tag: str) -> str:
+    """Forks; the child returns from the task (it must never act as the spooler)."""
+    record(tag, role="task")
+    child = os.fork()
+    if child == 0:
+        return "child"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            record(tag, role="child-exit", status=status)
+            return "parent"
+        time.sleep(0.01)
+    return "parent (child still running)"

@@ -354,6 +354,15 @@ def uwsgi_request(socket_path: Path, method: str, path: str, body: bytes = b"") 
     return Response(int(lines[0].split()[1]), headers, payload)
 
 
+def fill(directory: Path) -> Path:
+    """Fill the filesystem of ``directory`` to the last block; the filler file's path."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 4096)
+    return filler
+
+
 def running_server(base: Path, **env: str) -> UwsgiServer:
     """``with running_server(tmp_path, SPOOLKIT_X="1") as server:`` starts and stops one."""
     return UwsgiServer(base, **env)

@@ -14,7 +14,6 @@ import pickle
 import random
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from spoolkit.spoolfile import decode_file, encode_file
 from spoolkit.states import FINISHED
 
 from .reporting import SOAK, report
-from .support import UwsgiServer, descendants, wait_for
+from .support import UwsgiServer, descendants, fill, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -179,36 +178,12 @@ def test_kill_storm_loses_nothing(tmp_path: Path) -> None:
 # -- disk full -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a real filesystem that really fills up (needs root, as CI has)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.fail("the disk-full test mounts a tmpfs and needs root (CI runs as root)")
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)], check=True
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * 4096)
-    return filler
-
-
 def test_disk_full_answers_507_leaves_nothing_half_done_and_recovers(
     tmp_path: Path, small_disk: Path
 ) -> None:
     with UwsgiServer(tmp_path / "srv", SPOOLKIT_SPOOL_DIR=str(small_disk / "jobs")) as server:
         waiting = server.enqueue("mark", "before-full", countdown=2)
-        filler = _fill(small_disk)
+        filler = fill(small_disk)
         before = server.get("/jobs?limit=1000").json()["jobs"]
         refused = [
             server.post("/jobs", {"task": "tests.jobs.echo", "args": ["x" * 20_000]})
