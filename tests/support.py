@@ -232,7 +232,7 @@ class UwsgiServer:
     ) -> Response:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         if self.socket_path is not None:
-            return uwsgi_request(self.socket_path, method, path, data or b"")
+            return uwsgi_request(self.socket_path, method, path, data or b"", headers)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             sent = {"Content-Type": "application/json"} if data is not None else {}
@@ -330,7 +330,13 @@ class UwsgiServer:
         return target
 
 
-def uwsgi_request(socket_path: Path, method: str, path: str, body: bytes = b"") -> Response:
+def uwsgi_request(
+    socket_path: Path,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> Response:
     """One request over uWSGI's own protocol on a unix socket (what nginx's uwsgi_pass speaks)."""
     path_info, _, query = path.partition("?")
     env = {
@@ -340,6 +346,8 @@ def uwsgi_request(socket_path: Path, method: str, path: str, body: bytes = b"") 
         b"REMOTE_ADDR": b"127.0.0.1", b"CONTENT_LENGTH": str(len(body)).encode(),
         b"CONTENT_TYPE": b"application/json",
     }  # fmt: skip
+    for name, value in (headers or {}).items():
+        env[b"HTTP_" + name.upper().replace("-", "_").encode()] = value.encode()
     packet = pack_vars(env)
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(30)

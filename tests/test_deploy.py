@@ -393,7 +393,9 @@ def test_install_sh_installs_idempotently_and_the_result_runs(tmp_path: Path) ->
     with server:
         assert server.get("/healthz").status == 200
         assert server.get("/jobs").status == 401  # the generated token is in force
-        health = server.get("/healthz").json()
+        assert "spool_dir" not in server.get("/healthz").json()  # paths: token holders only
+        token = {"Authorization": f"Bearer {settings['SPOOLKIT_API_TOKEN']}"}
+        health = server.get("/healthz", headers=token).json()
         assert health["spool_dir"] == str(root / "var/lib/spoolkit/jobs")
 
 
