@@ -18,7 +18,7 @@ from .errors import (
 )
 from .extension import SpoolKit
 from .job import Job, JobError, Progress
-from .retry import Retry, RetryPolicy
+from .retry import GiveUp, Retry, RetryPolicy
 from .states import JobState
 from .task import Task
 
@@ -29,6 +29,7 @@ __all__ = [
     "Task",
     "current_job",
     "Retry",
+    "GiveUp",
     "RetryPolicy",
     "accepted",
     "json_http_error",

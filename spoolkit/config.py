@@ -58,6 +58,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_token": _optional,
     "max_request_bytes": int,
     "max_result_bytes": int,
+    "compat_max_attempts": int,
     "max_backoff": float,
     "result_ttl": float,
     "housekeeping_interval": float,
@@ -81,6 +82,9 @@ class Config:
     max_request_bytes: int = 1024 * 1024
     #: A task's result larger than this, encoded, fails the job (``ResultTooLarge``).
     max_result_bytes: int = 1024 * 1024
+    #: Attempts a job queued through uwsgidecorators or uwsgi-tasks gets, unless the
+    #: task asked for its own (uwsgi-tasks' retry_count).
+    compat_max_attempts: int = 3
     max_backoff: float = 3600.0
     result_ttl: float = 7 * 24 * 3600.0
     housekeeping_interval: float = 5.0
@@ -102,6 +106,7 @@ class Config:
             "local_workers",
             "max_request_bytes",
             "max_result_bytes",
+            "compat_max_attempts",
             "housekeeping_interval",
             "retry_after",
             "store_timeout",

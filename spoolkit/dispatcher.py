@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any, Protocol
 
 from .errors import StoreUnavailable
@@ -89,6 +90,18 @@ class Dispatcher:
         return SPOOL_RETRY
 
 
+class _KeepsDispatcher(ModuleType):
+    """The ``uwsgi`` module's class once the kit runs: ``uwsgi.spooler`` stays the kit's
+    dispatcher when uwsgidecorators or uwsgi-tasks assign their own, whenever they are
+    imported (before the kit, after it, in a spooler through ``spooler-import``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "spooler" and not isinstance(value, Dispatcher):
+            log.debug("kept the kit's spooler callable (%r wanted to replace it)", value)
+            return
+        super().__setattr__(name, value)
+
+
 def install(handler: SpoolHandler) -> None:
     """Make the kit's dispatcher ``uwsgi.spooler`` and route ``handler``'s directory to it."""
     uwsgi = uwsgi_module()
@@ -98,6 +111,8 @@ def install(handler: SpoolHandler) -> None:
     dispatcher = current if isinstance(current, Dispatcher) else Dispatcher()
     dispatcher.handlers[handler.spool_path] = handler
     setattr(uwsgi, "spooler", dispatcher)  # noqa: B010 - a C module attribute uWSGI reads
+    if type(uwsgi) is ModuleType:
+        uwsgi.__class__ = _KeepsDispatcher
 
 
 def postpone(directory: str, name: str, at: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,8 @@ class Job:
     spool_file: str | None
     runner: str | None
     runner_pid: int | None
+    #: "spoolkit", "uwsgidecorators" or "uwsgi-tasks": whose spool call queued it.
+    origin: str = "spoolkit"
 
     @property
     def is_finished(self) -> bool:
@@ -69,6 +72,7 @@ class Job:
         shown = {
             "id": self.id,
             "task": self.task,
+            "origin": self.origin,
             "state": self.state.value,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
@@ -84,6 +88,11 @@ class Job:
         if not with_result:
             del shown["result"]
         return shown
+
+
+def new_job_id() -> str:
+    """22 URL-safe characters, 128 random bits: unguessable."""
+    return secrets.token_urlsafe(16)
 
 
 def _plain(number: float | None) -> float | int | None:

@@ -8,8 +8,9 @@ missing from this table, and on ``uwsgi`` imported outside the runners.
        |
     service   service housekeeping             queue/read/cancel/retry; recover lost jobs
        |
-    runners   runner spooler dispatcher        how jobs reach a process: uWSGI spoolers,
-              spoolfile runtime local eager    threads, inline (the only code importing uwsgi)
+    runners   runner spooler dispatcher compat how jobs reach a process: uWSGI spoolers,
+              spoolfile runtime local eager    threads, inline (the only code importing uwsgi);
+                                               uwsgidecorators and uwsgi-tasks under the kit
        |
     worker    worker                           run one delivery: claim, call, record
        |
@@ -33,7 +34,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("store", frozenset({"store", "sqlite"})),
     ("worker", frozenset({"worker"})),
     ("runners", frozenset({"runner", "spooler", "dispatcher", "spoolfile", "runtime", "local",
-                           "eager"})),
+                           "eager", "compat"})),
     ("service", frozenset({"service", "housekeeping"})),
     ("surface", frozenset({"extension", "api", "openapi", "cli", "mule", "__init__"})),
 )  # fmt: skip

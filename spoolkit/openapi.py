@@ -54,6 +54,7 @@ SCHEMAS: dict[str, Any] = {
         "required": [
             "id",
             "task",
+            "origin",
             "state",
             "attempts",
             "max_attempts",
@@ -63,12 +64,17 @@ SCHEMAS: dict[str, Any] = {
             "started_at",
             "finished_at",
             "progress",
-            "result",
             "error",
         ],
         "properties": {
             "id": {"type": "string"},
             "task": {"type": "string"},
+            "origin": {
+                "type": "string",
+                "enum": ["spoolkit", "uwsgidecorators", "uwsgi-tasks"],
+                "description": "who queued it: a @spoolkit.spool task, or a spool call of "
+                "uwsgidecorators or uwsgi-tasks that the kit took over",
+            },
             "state": {"type": "string", "enum": [state.value for state in JobState]},
             "attempts": {"type": "integer", "minimum": 0},
             "max_attempts": {"type": "integer", "minimum": 1},
@@ -88,7 +94,10 @@ SCHEMAS: dict[str, Any] = {
                     },
                 }
             ),
-            "result": {"nullable": True, "description": "the task's return value, any JSON"},
+            "result": {
+                "nullable": True,
+                "description": "the task's return value, any JSON (left out of lists)",
+            },
             "error": _nullable(
                 {
                     "type": "object",

@@ -9,6 +9,7 @@ modules do not overwrite each other as they do in ``uwsgidecorators``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .encoding import TASK_NAME_PATTERN
@@ -32,6 +33,13 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._providers: list[Callable[[str], Task[Any, Any] | None]] = []
+
+    def add_provider(self, provide: Callable[[str], Task[Any, Any] | None]) -> None:
+        """Ask ``provide(name)`` for names not registered here: how tasks declared with
+        another library (uwsgidecorators, uwsgi-tasks) are found when their jobs run.
+        A provider answers only for functions that library registered, never imports."""
+        self._providers.append(provide)
 
     def register(self, task: Task[Any, Any]) -> None:
         """Add ``task``; a different function under a taken name is refused.
@@ -55,13 +63,17 @@ class TaskRegistry:
         self._tasks[task.name] = task
 
     def get(self, name: str) -> Task[Any, Any]:
-        try:
-            return self._tasks[name]
-        except KeyError:
+        found = self._tasks.get(name)
+        for provide in self._providers:
+            if found is not None:
+                break
+            found = provide(name)
+        if found is None:
             raise TaskNotFound(
                 f"no task named {name!r} is registered in this process; import its module "
                 "(list it in SPOOLKIT_IMPORTS, or spooler-import in uwsgi.ini)"
-            ) from None
+            )
+        return found
 
     def names(self) -> list[str]:
         return sorted(self._tasks)

@@ -40,6 +40,14 @@ class Retry(Exception):
         self.countdown = countdown
 
 
+class GiveUp(Exception):
+    """Raised by a task to fail its job at once, whatever attempts are left.
+
+    For a failure no retry can mend (the input is wrong, the task declines
+    the job). The job ends ``failed`` with this exception as its error.
+    """
+
+
 def compute_backoff(
     retry_number: int,
     *,

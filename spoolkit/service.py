@@ -9,7 +9,6 @@ runner; it never asks which runner it has.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from flask import Flask, current_app, has_app_context
 
 from .config import Config
 from .errors import ConfigurationError, JobNotFound, StoreUnavailable
-from .job import Job
+from .job import Job, new_job_id
 from .registry import TaskRegistry
 from .retry import RetryPolicy
 from .runner import Runner
@@ -39,11 +38,6 @@ def current_service() -> JobService:
             "create SpoolKit(app), or call kit.init_app(app), and work inside the app"
         )
     return service
-
-
-def new_job_id() -> str:
-    """22 URL-safe characters, 128 random bits: unguessable."""
-    return secrets.token_urlsafe(16)
 
 
 class JobService:
@@ -100,6 +94,7 @@ class JobService:
                     created_at=now,
                     run_at=run_at,
                     spool_file=delivery,
+                    origin=call.origin,
                 )
             )
         except BaseException:

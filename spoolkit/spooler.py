@@ -19,8 +19,9 @@ from typing import Any
 from flask import Flask
 
 from . import dispatcher, runtime
+from .compat import Compat
 from .config import Config
-from .encoding import from_spool_dict, to_spool_entries
+from .encoding import Envelope, decode_arguments, from_spool_dict, to_spool_entries
 from .errors import DecodeError
 from .job import Job
 from .local import is_local_delivery, local_delivery_alive
@@ -87,6 +88,8 @@ class SpoolerRunner:
         self._next_purge = 0.0
         self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking)
         self._reniced_pid: int | None = None
+        self.compat = Compat(app, config, store, registry, self.directory)
+        self.store = store
         if runtime.in_master_before_fork() and runtime.uwsgi_option("spooler"):
             # After a crash of the machine, files can be torn; uWSGI handles
             # those badly (see SpoolDirectory.is_torn), so set them aside
@@ -94,6 +97,9 @@ class SpoolerRunner:
             # store by the housekeeper.
             self.spooled_files(time.time(), check_all=True)
         dispatcher.install(self)
+        server = runtime.uwsgi_module()
+        if server is not None:
+            self.compat.install(server)
 
     @property
     def spool_path(self) -> str:
@@ -149,12 +155,17 @@ class SpoolerRunner:
             # uWSGI has no hook after a spooler's fork: the first file of each does it.
             self._reniced_pid = os.getpid()
             runtime.renice_spooler(self.nice)
+        # The row names the file by its path under the spool directory ("07/..." for priority 7).
+        delivery = self.directory.relative_of(directory, name)
         try:
             envelope = from_spool_dict(spool)
         except DecodeError as exc:
-            return self._quarantine(directory, name, str(exc))
-        # The row names the file by its path under the spool directory ("07/..." for priority 7).
-        delivery = self.directory.relative_of(directory, name)
+            foreign = b"spoolkit" not in spool
+            adopted = self.compat.adopt(spool, delivery, time.time()) if foreign else None
+            if adopted is None:
+                return self._quarantine(directory, name, str(exc))
+            args, kwargs = decode_arguments(self.store.payload(adopted.id))
+            envelope = Envelope(adopted.id, adopted.task, args, kwargs)
         step = self.worker.process(
             envelope.job_id, delivery, envelope.task, envelope.args, envelope.kwargs
         )

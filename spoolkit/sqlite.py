@@ -28,7 +28,7 @@ from .store import NewJob
 log = logging.getLogger("spoolkit.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     id TEXT PRIMARY KEY,
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     error_traceback TEXT,
     spool_file TEXT,
     runner TEXT,
-    runner_pid INTEGER
+    runner_pid INTEGER,
+    origin TEXT NOT NULL DEFAULT 'spoolkit'
 );
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_state ON spoolkit_jobs (state, updated_at);
@@ -62,8 +63,10 @@ CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT N
 _COLUMNS = (
     "id, task, state, attempts, max_attempts, backoff, priority, created_at, scheduled_for, "
     "started_at, finished_at, updated_at, progress, result, error_type, error_message, "
-    "error_traceback, spool_file, runner, runner_pid"
+    "error_traceback, spool_file, runner, runner_pid, origin"
 )
+#: Columns added after the first release, with their definitions (added by setup()).
+_ADDED_COLUMNS = {"origin": "TEXT NOT NULL DEFAULT 'spoolkit'"}
 # Connections inherited through fork() are never closed in the child (that can
 # release the parent's locks); they are parked here instead.
 _INHERITED: list[sqlite3.Connection] = []
@@ -81,7 +84,7 @@ def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
      finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,
-     runner_pid) = row  # fmt: skip
+     runner_pid, origin) = row  # fmt: skip
     return Job(
         id=id_,
         task=task,
@@ -101,6 +104,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         spool_file=spool_file,
         runner=runner,
         runner_pid=runner_pid,
+        origin=origin,
     )
 
 
@@ -170,8 +174,12 @@ class SQLiteStore:  # implements store.Store
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(spoolkit_jobs)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in present:  # a store made by an earlier version
+                    conn.execute(f"ALTER TABLE spoolkit_jobs ADD COLUMN {column} {definition}")
             conn.execute(
-                "INSERT OR IGNORE INTO spoolkit_meta (key, value) VALUES ('schema', ?)",
+                "INSERT OR REPLACE INTO spoolkit_meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
             )
         except sqlite3.Error as exc:
@@ -351,10 +359,11 @@ class SQLiteStore:  # implements store.Store
         state = JobState.SCHEDULED if new.run_at is not None else JobState.QUEUED
         self._statement(
             "INSERT INTO spoolkit_jobs (id, task, payload, state, priority, max_attempts, "
-            "backoff, created_at, scheduled_for, updated_at, spool_file) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "backoff, created_at, scheduled_for, updated_at, spool_file, origin) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (new.id, new.task, new.payload, state.value, new.priority, new.max_attempts,
-             new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file),
+             new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file,
+             new.origin),
             durable=True,
         )  # fmt: skip
         return Job(
@@ -362,7 +371,7 @@ class SQLiteStore:  # implements store.Store
             backoff=new.backoff, priority=new.priority, created_at=new.created_at,
             scheduled_for=new.run_at, started_at=None, finished_at=None, updated_at=new.created_at,
             progress=None, result=None, error=None, spool_file=new.spool_file, runner=None,
-            runner_pid=None,
+            runner_pid=None, origin=new.origin,
         )  # fmt: skip
 
     def delete(self, job_id: str) -> None:

@@ -35,6 +35,8 @@ class NewJob:
     created_at: float
     run_at: float | None
     spool_file: str | None
+    #: Who queued it: "spoolkit", or the library whose spool call the kit took over.
+    origin: str = "spoolkit"
 
 
 class Store(Protocol):

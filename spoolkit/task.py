@@ -38,6 +38,8 @@ class Call:
     task: str
     payload: str
     policy: RetryPolicy
+    #: "spoolkit" for @spool tasks; the library's name for calls the kit took over.
+    origin: str = "spoolkit"
 
 
 class Enqueuer(Protocol):

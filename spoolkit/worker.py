@@ -30,7 +30,7 @@ from .errors import EncodeError, StoreUnavailable, TaskNotFound
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction
 from .registry import TaskRegistry
-from .retry import DEFAULT_MAX_BACKOFF, Retry, compute_backoff
+from .retry import DEFAULT_MAX_BACKOFF, GiveUp, Retry, compute_backoff
 from .schedule import Parking
 from .store import Store
 from .task import Task
@@ -202,6 +202,8 @@ class Worker:
         except Retry as exc:
             countdown = exc.countdown
             error = JobError("Retry", storable(str(exc)))
+        except GiveUp as exc:
+            error, retryable = error_from(exc), False
         except Exception as exc:
             error = error_from(exc)
         else:

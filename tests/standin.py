@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import types
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from flask import Flask
 import spoolkit.runtime
 from spoolkit.config import load_config
 from spoolkit.encoding import encode_arguments
-from spoolkit.job import Job
+from spoolkit.job import Job, new_job_id
 from spoolkit.registry import TaskRegistry
 from spoolkit.spooler import SpoolerRunner
 from spoolkit.spoolfile import decode_file
@@ -146,10 +145,6 @@ def make_app(directory: Path, name: str = "standin", **config: Any) -> Flask:
     app = Flask(name, root_path=str(directory))
     app.config.update(SPOOLKIT_DATABASE=str(directory / "jobs.db"), **config)
     return app
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
 def insert_job(

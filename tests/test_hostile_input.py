@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from spoolkit.encoding import Envelope, from_spool_dict, to_spool_entries
 from spoolkit.errors import DecodeError
-from spoolkit.service import new_job_id
+from spoolkit.job import new_job_id
 from spoolkit.spoolfile import decode_file, encode_file, unpack_vars
 
 from .reporting import SOAK, report

@@ -37,7 +37,7 @@ def test_setup_is_private_and_idempotent(tmp_path: Path) -> None:
     store.setup()
     assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o700
     assert os.stat(store.path).st_mode & 0o777 == 0o600
-    assert store.get_meta("schema") == "1"
+    assert store.get_meta("schema") == "2"
 
 
 def test_store_errors_are_named(tmp_path: Path) -> None:
@@ -103,3 +103,26 @@ def test_an_outcome_waits_past_the_timeout_until_it_is_written(tmp_path: Path) -
     assert time.monotonic() - started > 0.5  # well past the 0.2 s timeout
     job = store.get(job_id)
     assert job is not None and job.result == 1
+
+
+def test_a_store_of_the_first_schema_gains_the_origin_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE spoolkit_jobs (id TEXT PRIMARY KEY, task TEXT NOT NULL, payload TEXT "
+        "NOT NULL, state TEXT NOT NULL, priority INTEGER, attempts INTEGER NOT NULL DEFAULT 0, "
+        "max_attempts INTEGER NOT NULL, backoff REAL NOT NULL, created_at REAL NOT NULL, "
+        "scheduled_for REAL, started_at REAL, finished_at REAL, updated_at REAL NOT NULL, "
+        "progress TEXT, result TEXT, error_type TEXT, error_message TEXT, error_traceback TEXT, "
+        "spool_file TEXT, runner TEXT, runner_pid INTEGER);"
+        "CREATE TABLE spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO spoolkit_meta VALUES ('schema', '1');"
+        "INSERT INTO spoolkit_jobs (id, task, payload, state, max_attempts, backoff, created_at,"
+        " updated_at) VALUES ('bbbbbbbbbbbbbbbbbbbbbb', 't', '{}', 'queued', 3, 1.0, 1.0, 1.0);"
+    )
+    old.close()
+    store = SQLiteStore(str(path))
+    store.setup()
+    job = store.get("b" * 22)
+    assert job is not None and job.origin == "spoolkit"
+    assert store.get_meta("schema") == "2"
