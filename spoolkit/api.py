@@ -36,7 +36,11 @@ blueprint = Blueprint("spoolkit", __name__, url_prefix="/jobs")
 
 #: ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
 LIMIT_PATTERN = re.compile(r"[0-9]{1,7}")
-_CREATE_FIELDS = {"task", "args", "kwargs", "at", "countdown", "priority", "max_attempts"}
+_OPTIONS = ("at", "countdown", "priority", "max_attempts", "on_success", "on_failure",
+            "callback_url", "timeout")  # fmt: skip
+_CREATE_FIELDS = {"task", "args", "kwargs", *_OPTIONS}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def error(status: int, message: str, **headers: str) -> Response:
@@ -47,9 +51,15 @@ def error(status: int, message: str, **headers: str) -> Response:
 
 
 def accepted(job: Job) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """``202 Accepted`` with ``Location: /jobs/<id>`` and the job as JSON: return it from a view."""
-    location = url_for("spoolkit.get_job", job_id=job.id)
-    return job.to_dict(), 202, {"Location": location}
+    """``202 Accepted`` with ``Location: /jobs/<id>`` and the job as JSON: return it from a view.
+
+    For a job returned again for its idempotency key: ``Idempotent-Replayed: true``,
+    and ``200`` once it is finished, as ``GET`` would answer.
+    """
+    headers = {"Location": url_for("spoolkit.get_job", job_id=job.id)}
+    if job.replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return job.to_dict(), 200 if job.replayed and job.is_finished else 202, headers
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -161,9 +171,11 @@ def create_job() -> Any:
         return error(422, "'args' must be a list")
     if not isinstance(kwargs, dict):
         return error(422, "'kwargs' must be an object")
-    options = {key: data.get(key) for key in ("at", "countdown", "priority", "max_attempts")}
+    options = {key: data.get(key) for key in _OPTIONS}
     try:
-        job = current_service().enqueue_by_name(name, args, kwargs, **options)
+        job = current_service().enqueue_by_name(
+            name, args, kwargs, key=request.headers.get(IDEMPOTENCY_HEADER), **options
+        )
     except TaskNotFound:
         return error(404, f"no task named {name!r}")
     except (EncodeError, InvalidSchedule, ConfigurationError, TypeError, ValueError) as exc:
@@ -226,6 +238,19 @@ def retry_job(job_id: str) -> Any:
         return error(404, f"no job {job_id!r}")
     except InvalidJobState as exc:
         return error(409, str(exc))
+
+
+@blueprint.post("/<job_id>/abort")
+def abort_job(job_id: str) -> Any:
+    """Stop a job: ``202`` with ``abort_requested`` while a running job stops, ``200``
+    when a waiting one was cancelled, ``409`` for a finished one."""
+    try:
+        job = current_service().abort(job_id)
+    except JobNotFound:
+        return error(404, f"no job {job_id!r}")
+    except InvalidJobState as exc:
+        return error(409, str(exc))
+    return _job_response(job)
 
 
 def health() -> Any:

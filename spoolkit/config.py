@@ -59,6 +59,12 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_request_bytes": int,
     "max_result_bytes": int,
     "compat_max_attempts": int,
+    "webhook_secret": _optional,
+    "webhook_max_attempts": int,
+    "webhook_allow_private": _bool,
+    "idempotency_ttl": float,
+    "timeout_grace": float,
+    "abort_grace": float,
     "max_backoff": float,
     "result_ttl": float,
     "housekeeping_interval": float,
@@ -85,6 +91,17 @@ class Config:
     #: Attempts a job queued through uwsgidecorators or uwsgi-tasks gets, unless the
     #: task asked for its own (uwsgi-tasks' retry_count).
     compat_max_attempts: int = 3
+    #: Key of the webhooks' HMAC signature; without it a callback_url is refused.
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 8
+    #: Let webhooks reach loopback and private addresses (tests, internal receivers).
+    webhook_allow_private: bool = False
+    #: Seconds an Idempotency-Key stays bound to its first job.
+    idempotency_ttl: float = 86400.0
+    #: Seconds a task gets after JobTimeout before its spooler is killed.
+    timeout_grace: float = 5.0
+    #: Seconds a running job gets after an abort request before its spooler is killed.
+    abort_grace: float = 10.0
     max_backoff: float = 3600.0
     result_ttl: float = 7 * 24 * 3600.0
     housekeeping_interval: float = 5.0
@@ -107,6 +124,8 @@ class Config:
             "max_request_bytes",
             "max_result_bytes",
             "compat_max_attempts",
+            "webhook_max_attempts",
+            "idempotency_ttl",
             "housekeeping_interval",
             "retry_after",
             "store_timeout",
@@ -115,7 +134,7 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be > 0")
-        for name in ("max_backoff", "result_ttl"):
+        for name in ("max_backoff", "result_ttl", "timeout_grace", "abort_grace"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be >= 0")
         if self.spooler_nice is not None and not -20 <= self.spooler_nice <= 19:

@@ -12,6 +12,8 @@ from .job import Progress
 
 #: Progress writes closer together than this are coalesced; the last one is kept.
 PROGRESS_INTERVAL = 0.25
+#: A running task's ``current_job.abort_requested`` reads the store at most this often.
+ABORT_CHECK_INTERVAL = 0.5
 _MAX_MESSAGE = 1000
 
 
@@ -25,12 +27,16 @@ class JobContext:
         attempt: int,
         max_attempts: int,
         report: Callable[[Progress], None],
+        check_abort: Callable[[], bool] = lambda: False,
     ) -> None:
         self.id = job_id
         self.task = task
         self.attempt = attempt
         self.max_attempts = max_attempts
         self._report = report
+        self._check_abort = check_abort
+        self._aborted = False
+        self._last_check = 0.0
         self._pending: Progress | None = None
         self._last_write = 0.0
 
@@ -48,6 +54,16 @@ class JobContext:
         now = time.monotonic()
         if now - self._last_write >= PROGRESS_INTERVAL or (total is not None and done >= total):
             self.flush()
+
+    @property
+    def abort_requested(self) -> bool:
+        """Has someone asked to stop this job (``POST /jobs/<id>/abort``)? Read from the
+        store at most every ``ABORT_CHECK_INTERVAL`` seconds."""
+        now = time.monotonic()
+        if not self._aborted and now - self._last_check >= ABORT_CHECK_INTERVAL:
+            self._last_check = now
+            self._aborted = self._check_abort()
+        return self._aborted
 
     def flush(self) -> None:
         """Write the last reported progress, if not written yet."""
@@ -105,6 +121,12 @@ class CurrentJob:
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report how far the job is; shown under ``progress`` in ``GET /jobs/<id>``."""
         self._get().progress(done, total, message)
+
+    @property
+    def abort_requested(self) -> bool:
+        """True once the job's abort was requested: stop cleanly and return (the job ends
+        ``cancelled``); a task that goes on is killed after ``SPOOLKIT_ABORT_GRACE``."""
+        return self._get().abort_requested
 
     def __bool__(self) -> bool:
         return _current.get() is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import overload
+from typing import Any, overload
 
 from .registry import TaskRegistry, default_registry
 from .retry import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS, RetryPolicy
@@ -21,6 +21,9 @@ def spool(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
     registry: TaskRegistry | None = None,
+    on_success: str | Task[Any, Any] | None = None,
+    on_failure: str | Task[Any, Any] | None = None,
+    timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -32,12 +35,18 @@ def spool(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
     registry: TaskRegistry | None = None,
+    on_success: str | Task[Any, Any] | None = None,
+    on_failure: str | Task[Any, Any] | None = None,
+    timeout: float | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Declare a task. Bare ``@spool`` means ``max_attempts=3, backoff=1.0``.
 
     ``backoff`` is the base delay in seconds: retry ``n`` waits about
     ``backoff * 2 ** (n - 1)`` (+/- 20 % jitter, capped by
     ``SPOOLKIT_MAX_BACKOFF``). The name defaults to ``module.function``.
+    ``on_success``/``on_failure`` (a task or a name) are queued with the
+    finished job's JSON when it succeeds or fails for good; ``timeout``
+    (seconds) stops an attempt that runs longer (``JobTimeout``).
     """
     policy = RetryPolicy(max_attempts=max_attempts, backoff=backoff)
     if name is not None and (not isinstance(name, str) or not name):
@@ -51,7 +60,8 @@ def spool(
                 f"{function.__qualname__} is defined inside a function; define tasks at module "
                 "level (the spoolers must find them by importing the module) or pass name='...'"
             )
-        task = Task(function, name=task_name, policy=policy)
+        task = Task(function, name=task_name, policy=policy, on_success=on_success,
+                    on_failure=on_failure, timeout=timeout)  # fmt: skip
         target.register(task)
         return task
 

@@ -11,9 +11,10 @@ from flask import Flask
 
 from .config import Config
 from .encoding import decode_arguments
+from .followups import FollowUps
 from .job import Job
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff
+from .runner import Deferred, Handoff, hand_over
 from .runtime import ProcessHost
 from .schedule import Parking
 from .store import Store
@@ -35,7 +36,9 @@ class EagerRunner:
 
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
         self.host = ProcessHost()
-        self.worker = Worker.for_config(app, config, store, registry, self.host)
+        follow_ups = FollowUps(registry, config, self.delivery_for)
+        self.worker = Worker.for_config(app, config, store, registry, self.host,
+                                        follow_ups=follow_ups)  # fmt: skip
         log.warning("SPOOLKIT_EAGER is on: jobs run inside delay(), at once (tests only)")
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
@@ -61,6 +64,7 @@ class EagerRunner:
         job = self.worker.store.get(job_id)
         for _ in range((job.max_attempts if job else 1) + 1):
             step = self.worker.process(job_id, EAGER_DELIVERY, task, args, kwargs)
+            hand_over(self, step.follow_ups)
             if step.verdict is not Verdict.AGAIN:
                 return
 

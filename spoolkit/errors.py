@@ -51,6 +51,15 @@ class InvalidJobState(SpoolkitError):
         self.state = state
 
 
+class IdempotencyConflict(SpoolkitError, ValueError):
+    """An idempotency key already names a job of another task or other arguments."""
+
+
+class JobTimeout(SpoolkitError):
+    """Raised inside a task whose attempt ran past its ``timeout``: ``finally`` blocks
+    run; a task that does not return within ``SPOOLKIT_TIMEOUT_GRACE`` is killed."""
+
+
 class StoreUnavailable(SpoolkitError):
     """The job store did not answer (locked past its timeout, or unreachable)."""
 

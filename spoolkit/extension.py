@@ -8,19 +8,20 @@ import logging
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import api, cli, runtime
+from . import api, cli, runtime, webhook
 from .config import Config, load_config
 from .eager import EagerRunner
 from .errors import ConfigurationError
 from .job import Job
 from .local import LocalRunner
 from .registry import TaskRegistry, default_registry
+from .retry import RetryPolicy
 from .runner import Runner
 from .service import JobService, current_service
 from .spooler import SpoolerRunner
 from .sqlite import SQLiteStore
 from .states import JobState
-from .task import EXTENSION_KEY
+from .task import EXTENSION_KEY, Task
 
 log = logging.getLogger("spoolkit")
 
@@ -68,6 +69,9 @@ class SpoolKit:
         store = SQLiteStore(config.database, synchronous=config.sync, timeout=config.store_timeout,
                             autocheckpoint=autocheckpoint)  # fmt: skip
         store.setup()
+        # The webhook delivery task, with the attempts the settings give it.
+        self.registry.register(Task(webhook.deliver, name=webhook.WEBHOOK_TASK, policy=RetryPolicy(
+            config.webhook_max_attempts, webhook.BACKOFF)))  # fmt: skip
         runner: Runner = runner_class(app, config, store, self.registry)
         service = JobService(app, config, self.registry, store, runner)
         app.extensions[EXTENSION_KEY] = service
@@ -87,17 +91,26 @@ class SpoolKit:
         log.info("%s mode, store %s, tasks: %s", runner.name, store.path,
                  ", ".join(self.registry.names()) or "none")  # fmt: skip
 
-    def get_job(self, job_id: str) -> Job:
+    @staticmethod
+    def get_job(job_id: str) -> Job:
         """The job's current state; :class:`~spoolkit.errors.JobNotFound` if unknown."""
         return current_service().get(job_id)
 
+    @staticmethod
     def list_jobs(
-        self, state: JobState | None = None, task: str | None = None, limit: int = 50
+        state: JobState | None = None, task: str | None = None, limit: int = 50
     ) -> list[Job]:
         return current_service().list_jobs(state=state, task=task, limit=limit)
 
-    def cancel(self, job_id: str) -> Job:
+    @staticmethod
+    def cancel(job_id: str) -> Job:
         return current_service().cancel(job_id)
 
-    def retry(self, job_id: str) -> Job:
+    @staticmethod
+    def retry(job_id: str) -> Job:
         return current_service().retry(job_id)
+
+    @staticmethod
+    def abort(job_id: str) -> Job:
+        """Stop a job: cancel it if it waits, stop it if it runs (see ``JobService.abort``)."""
+        return current_service().abort(job_id)

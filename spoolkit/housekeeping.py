@@ -130,6 +130,18 @@ class Housekeeper:
                 break
         return spooled
 
+    def stop_aborted(self, now: float) -> int:
+        """Kill the runners of jobs whose abort was asked ``SPOOLKIT_ABORT_GRACE`` ago and
+        that are still running; the killed attempt is then recorded ``cancelled``."""
+        killed = 0
+        for job in self.store.aborting(now - self.config.abort_grace):
+            if self.runner.host.kill(job.runner, job.runner_pid):
+                killed += 1
+                log.warning("job %s: abort asked %.0fs ago and still running; killed its "
+                            "runner pid %s", job.id, self.config.abort_grace,
+                            job.runner_pid)  # fmt: skip
+        return killed
+
     def run_forever(self) -> None:
         interval = self.config.housekeeping_interval
         log.info("housekeeper started: parked jobs every %.1fs, housekeeping every %.1fs",
@@ -139,6 +151,7 @@ class Housekeeper:
             now = time.time()
             try:
                 self.runner.maintain(now)
+                self.stop_aborted(now)
                 self.spool_due(now)
                 self.store.checkpoint()
                 if now >= next_pass:

@@ -34,6 +34,36 @@ class JobError:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
 
 
+#: How an attempt ended, in a job's ``history``.
+ATTEMPT_OUTCOMES = (
+    "succeeded", "failed", "retry", "timeout", "worker_lost", "aborted", "interrupted",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a job, for its ``history`` (the last 50 are kept)."""
+
+    attempt: int
+    started_at: float | None
+    finished_at: float | None
+    outcome: str
+    error: JobError | None
+    runner_pid: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": isoformat(self.started_at),
+            "finished_at": isoformat(self.finished_at),
+            "outcome": self.outcome,
+            "error": {"type": self.error.type, "message": self.error.message}
+            if self.error
+            else None,
+            "runner_pid": self.runner_pid,
+        }
+
+
 @dataclass(frozen=True)
 class Job:
     """A snapshot of a job. Read it again with ``SpoolKit.get_job(job.id)``.
@@ -62,13 +92,26 @@ class Job:
     runner_pid: int | None
     #: "spoolkit", "uwsgidecorators" or "uwsgi-tasks": whose spool call queued it.
     origin: str = "spoolkit"
+    #: The job whose outcome queued this one (a callback or a webhook delivery).
+    parent_id: str | None = None
+    on_success: str | None = None
+    on_failure: str | None = None
+    callback_url: str | None = None
+    #: Seconds an attempt may run before ``JobTimeout`` (``None``: no limit but harakiri).
+    timeout: float | None = None
+    abort_requested: bool = False
+    #: Jobs queued by this one's outcome (callbacks, webhook deliveries): ids.
+    callbacks: tuple[str, ...] = ()
+    history: tuple[Attempt, ...] = ()
+    #: Returned for an idempotency key seen before (not part of the JSON).
+    replayed: bool = False
 
     @property
     def is_finished(self) -> bool:
         return self.state.is_finished
 
     def to_dict(self, *, with_result: bool = True) -> dict[str, Any]:
-        """The job as the HTTP API shows it (lists leave ``result`` out)."""
+        """The job as the HTTP API shows it (lists leave ``result`` and ``history`` out)."""
         shown = {
             "id": self.id,
             "task": self.task,
@@ -84,8 +127,17 @@ class Job:
             "progress": self.progress.to_dict() if self.progress else None,
             "result": self.result,
             "error": self.error.to_dict() if self.error else None,
+            "parent_id": self.parent_id,
+            "callbacks": list(self.callbacks),
+            "on_success": self.on_success,
+            "on_failure": self.on_failure,
+            "callback_url": self.callback_url,
+            "timeout": self.timeout,
+            "abort_requested": self.abort_requested,
         }
-        if not with_result:
+        if with_result:
+            shown["history"] = [attempt.to_dict() for attempt in self.history]
+        else:
             del shown["result"]
         return shown
 

@@ -12,11 +12,13 @@ missing from this table, and on ``uwsgi`` imported outside the runners.
               spoolfile runtime local eager    threads, inline (the only code importing uwsgi);
                                                uwsgidecorators and uwsgi-tasks under the kit
        |
-    worker    worker                           run one delivery: claim, call, record
+    worker    worker followups                 run one delivery: claim, call, record, and
+                                               queue what a finished job asks for
        |
     store     store sqlite                     the Store protocol and the SQLite store
        |
-    tasks     task decorator registry context  @spool, task names, current_job
+    tasks     task decorator registry context  @spool, task names, current_job, the
+              webhook                          spoolkit.webhook task
        |
     values    errors states job retry          plain values and rules, no I/O
               schedule encoding lifecycle config
@@ -30,9 +32,9 @@ from __future__ import annotations
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("values", frozenset({"errors", "states", "job", "retry", "schedule", "encoding",
                           "lifecycle", "config", "layers"})),
-    ("tasks", frozenset({"task", "decorator", "registry", "context"})),
+    ("tasks", frozenset({"task", "decorator", "registry", "context", "webhook"})),
     ("store", frozenset({"store", "sqlite"})),
-    ("worker", frozenset({"worker"})),
+    ("worker", frozenset({"worker", "followups"})),
     ("runners", frozenset({"runner", "spooler", "dispatcher", "spoolfile", "runtime", "local",
                            "eager", "compat"})),
     ("service", frozenset({"service", "housekeeping"})),

@@ -21,9 +21,10 @@ from flask import Flask
 
 from .config import Config
 from .encoding import decode_arguments
+from .followups import FollowUps
 from .job import Job
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff
+from .runner import Deferred, Handoff, hand_over
 from .runtime import ProcessHost, runner_alive
 from .schedule import Parking
 from .store import Store
@@ -67,7 +68,9 @@ class LocalRunner:
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
         self.workers = config.local_workers
         self.host = ProcessHost()
-        self.worker = Worker.for_config(app, config, store, registry, self.host)
+        follow_ups = FollowUps(registry, config, self.delivery_for)
+        self.worker = Worker.for_config(app, config, store, registry, self.host,
+                                        follow_ups=follow_ups)  # fmt: skip
         self._cond = threading.Condition()
         self._ready: list[_Delivery] = []
         self._delayed: list[tuple[float, int, _Delivery]] = []
@@ -140,6 +143,7 @@ class LocalRunner:
                 log.exception("job %s: local delivery failed; trying again in 1 s", delivery.job_id)
                 self._put(delivery, time.time() + 1)
                 continue
+            hand_over(self, step.follow_ups)
             if step.verdict is Verdict.AGAIN:
                 self._put(delivery, step.at if step.at is not None else time.time() + 1)
             elif step.verdict is Verdict.QUARANTINE:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .job import ATTEMPT_OUTCOMES
+from .retry import MAX_ATTEMPTS_LIMIT
 from .schedule import MAX_PRIORITY, MIN_PRIORITY
 from .states import JobState
 
@@ -109,6 +111,40 @@ SCHEMAS: dict[str, Any] = {
                     },
                 }
             ),
+            "parent_id": _nullable({"type": "string", "description": "the job that queued it"}),
+            "callbacks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "ids of the jobs its outcome queued (callbacks, webhook deliveries)",
+            },
+            "on_success": _nullable({"type": "string"}),
+            "on_failure": _nullable({"type": "string"}),
+            "callback_url": _nullable({"type": "string"}),
+            "timeout": _nullable({"type": "number"}),
+            "abort_requested": {"type": "boolean"},
+            "history": {
+                "type": "array",
+                "description": "one entry per attempt, oldest first, the last 50 (not in lists)",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "attempt",
+                        "started_at",
+                        "finished_at",
+                        "outcome",
+                        "error",
+                        "runner_pid",
+                    ],
+                    "properties": {
+                        "attempt": {"type": "integer"},
+                        "started_at": _nullable({"type": "string", "format": "date-time"}),
+                        "finished_at": _nullable({"type": "string", "format": "date-time"}),
+                        "outcome": {"type": "string", "enum": list(ATTEMPT_OUTCOMES)},
+                        "error": _nullable({"type": "object"}),
+                        "runner_pid": _nullable({"type": "integer"}),
+                    },
+                },
+            },
         },
     },
     "NewJob": {
@@ -125,7 +161,15 @@ SCHEMAS: dict[str, Any] = {
             },
             "countdown": {"type": "number", "minimum": 0},
             "priority": {"type": "integer", "minimum": MIN_PRIORITY, "maximum": MAX_PRIORITY},
-            "max_attempts": {"type": "integer", "minimum": 1},
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS_LIMIT},
+            "on_success": {"type": "string", "description": "a registered task: gets the job"},
+            "on_failure": {"type": "string", "description": "a registered task: gets the job"},
+            "callback_url": {
+                "type": "string",
+                "description": "http(s) URL the finished job is POSTed to, signed "
+                "(needs SPOOLKIT_WEBHOOK_SECRET)",
+            },
+            "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
         },
     },
 }
@@ -158,6 +202,15 @@ def openapi_spec() -> dict[str, Any]:
                 "post": {
                     "operationId": "createJob",
                     "security": secured,
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                            "description": "the same key within SPOOLKIT_IDEMPOTENCY_TTL gets "
+                            "the same job (Idempotent-Replayed: true)",
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": _json({"$ref": "#/components/schemas/NewJob"}),
@@ -254,6 +307,24 @@ def openapi_spec() -> dict[str, Any]:
                         "409": _error("not failed or cancelled"),
                         "503": _SPOOL_ERROR,
                         "507": _SPOOL_FULL,
+                    },
+                },
+            },
+            "/jobs/{job_id}/abort": {
+                "parameters": [_JOB_ID],
+                "post": {
+                    "operationId": "abortJob",
+                    "security": secured,
+                    "responses": {
+                        "200": _job("it was waiting: cancelled"),
+                        "202": _job(
+                            "it runs: asked to stop (abort_requested), killed after "
+                            "SPOOLKIT_ABORT_GRACE"
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "404": _error("no such job"),
+                        "409": _error("already finished"),
+                        "503": _SPOOL_ERROR,
                     },
                 },
             },

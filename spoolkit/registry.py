@@ -62,9 +62,12 @@ class TaskRegistry:
             )
         self._tasks[task.name] = task
 
-    def get(self, name: str) -> Task[Any, Any]:
-        found = self._tasks.get(name)
-        for provide in self._providers:
+    def get(self, name: str, *, origin: str = "spoolkit") -> Task[Any, Any]:
+        """The task registered as ``name``; for a job another library queued
+        (``origin``), the providers' adapter instead, so a function moved to
+        ``@spoolkit.spool`` under the same name never gets that library's message."""
+        found = self._tasks.get(name) if origin == "spoolkit" else None
+        for provide in self._providers if origin != "spoolkit" else ():
             if found is not None:
                 break
             found = provide(name)

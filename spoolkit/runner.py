@@ -14,11 +14,12 @@ implements this protocol and is chosen in ``extension.choose_runner``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .job import Job
 from .schedule import Parking
+from .store import NewJob
 from .worker import Host
 
 
@@ -47,6 +48,14 @@ class Deferred:
 
     def abort(self) -> None:
         """Nothing was handed over yet."""
+
+
+def hand_over(runner: Runner, jobs: Sequence[NewJob]) -> None:
+    """Hand jobs whose rows are already recorded (callbacks, webhook deliveries) to the
+    runner; a crash before it leaves rows the housekeeper spools."""
+    for new in jobs:
+        runner.stage(new.id, new.task, new.spool_file, new.payload, new.run_at,
+                     new.priority).commit()  # fmt: skip
 
 
 class Runner(Protocol):

@@ -15,10 +15,12 @@ import logging
 import os
 import signal
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, JobTimeout
 
 try:
     import uwsgi  # only exists inside a uWSGI server
@@ -259,11 +261,53 @@ class _PerProcess:
         return runner_alive(runner, pid)
 
 
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise ``JobTimeout`` in this (main) thread after ``seconds`` (SIGALRM)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise JobTimeout(f"the attempt ran past its timeout of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class UwsgiHost(_PerProcess):
-    """Jobs run in the spooler processes of this uWSGI instance."""
+    """Jobs run in the spooler processes of this uWSGI instance, one at a time, in
+    their main thread: an attempt can be interrupted (SIGALRM) and its spooler
+    killed (uWSGI starts a new one)."""
 
     def is_alive(self, pid: int) -> bool:
         return spooler_alive(pid)
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float | None, grace: float) -> Iterator[None]:
+        """``JobTimeout`` after ``seconds``; SIGKILL to this spooler ``grace`` later."""
+        if not seconds:
+            yield
+            return
+        me = os.getpid()
+        killer = threading.Timer(seconds + grace, os.kill, (me, signal.SIGKILL))
+        killer.daemon = True
+        killer.start()
+        try:
+            with _alarm(seconds):
+                yield
+        finally:
+            killer.cancel()
+
+    def kill(self, runner: str | None, pid: int | None) -> bool:
+        """SIGKILL ``pid`` if it is a live spooler of this instance running for ``runner``."""
+        if runner != self.instance() or pid is None or not spooler_alive(pid):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return True
 
     def time_limit(self) -> int | None:
         harakiri = uwsgi_option("spooler-harakiri")
@@ -273,10 +317,22 @@ class UwsgiHost(_PerProcess):
 
 
 class ProcessHost(_PerProcess):
-    """Jobs run in threads of this process (local and eager runners)."""
+    """Jobs run in threads of this process (local and eager runners). A job's timeout
+    interrupts it only in the main thread (eager mode); no thread can be killed."""
 
     def is_alive(self, pid: int) -> bool:
         return pid == os.getpid()
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float | None, grace: float) -> Iterator[None]:
+        if seconds and threading.current_thread() is threading.main_thread():
+            with _alarm(seconds):
+                yield
+        else:
+            yield
+
+    def kill(self, runner: str | None, pid: int | None) -> bool:
+        return False
 
     def time_limit(self) -> int | None:
         return None

@@ -8,25 +8,58 @@ runner; it never asks which runner it has.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, current_app, has_app_context
 
 from .config import Config
-from .errors import ConfigurationError, JobNotFound, StoreUnavailable
+from .errors import ConfigurationError, InvalidSchedule, JobNotFound, StoreUnavailable
+from .followups import FollowUps
 from .job import Job, new_job_id
 from .registry import TaskRegistry
 from .retry import RetryPolicy
-from .runner import Runner
+from .runner import Runner, hand_over
 from .schedule import resolve_run_at, validate_priority
 from .states import JobState
 from .store import HOUSEKEEPER_BEAT, NewJob, Store
 from .task import EXTENSION_KEY, Call
 
 log = logging.getLogger("spoolkit")
+
+
+#: Idempotency keys: 1 to 200 printable ASCII characters.
+KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,200}")
+#: A per-job timeout above this is a mistake (spooler-harakiri bounds every job anyway).
+MAX_TIMEOUT = 30 * 24 * 3600.0
+
+
+def check_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise InvalidSchedule("an idempotency key is 1 to 200 printable ASCII characters")
+    return key
+
+
+def check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidSchedule(f"timeout must be a number of seconds, got {timeout!r}")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidSchedule(f"timeout must be > 0 and at most {MAX_TIMEOUT:.0f} seconds")
+    return float(timeout)
+
+
+def call_hash(call: Call) -> str:
+    """What an idempotency key is bound to: the task and its arguments."""
+    return hashlib.sha256(f"{call.task}\0{call.payload}".encode()).hexdigest()
 
 
 def current_service() -> JobService:
@@ -49,6 +82,7 @@ class JobService:
         self.registry = registry
         self.store = store
         self.runner = runner
+        self.follow_ups = FollowUps(registry, config, runner.delivery_for)
 
     # -- queueing ------------------------------------------------------------------
 
@@ -60,10 +94,21 @@ class JobService:
         countdown: object = None,
         priority: object = None,
         max_attempts: object = None,
+        on_success: object = None,
+        on_failure: object = None,
+        callback_url: object = None,
+        key: object = None,
+        timeout: object = None,
     ) -> Job:
         """Validate the options, record, then hand to the runner. Raises before
-        anything is stored."""
+        anything is stored. With ``key`` (an idempotency key), a job recorded under
+        it before comes back instead (``job.replayed``)."""
         now = time.time()
+        success = self._callback_task(on_success, call.on_success, "on_success")
+        failure = self._callback_task(on_failure, call.on_failure, "on_failure")
+        url = self._callback_url(callback_url)
+        checked_key = check_key(key)
+        limit = check_timeout(call.timeout if timeout is None else timeout)
         run_at = None if self.runner.runs_inline else resolve_run_at(at, countdown, now)
         checked_priority = validate_priority(priority)
         if checked_priority is not None and self.runner.priority_unsupported:
@@ -95,16 +140,51 @@ class JobService:
                     run_at=run_at,
                     spool_file=delivery,
                     origin=call.origin,
+                    on_success=success,
+                    on_failure=failure,
+                    callback_url=url,
+                    timeout=limit,
+                    idempotency_key=checked_key,
+                    idempotency_hash=call_hash(call) if checked_key else None,
+                    idempotency_ttl=self.config.idempotency_ttl,
                 )
             )
         except BaseException:
             handoff.abort()
             raise
+        if job.replayed:
+            handoff.abort()  # the key's first job is the one that runs
+            log.info("job %s returned again for its idempotency key", job.id)
+            return job
         handoff.commit()
         log.info(
             "job %s %s: %s (max %d attempts)", job.id, job.state.value, job.task, job.max_attempts
         )
         return self.get(job.id) if self.runner.runs_inline else job
+
+    def _callback_task(self, given: object, default: str | None, option: str) -> str | None:
+        """The registered name of an ``on_success``/``on_failure`` task (a task or a name)."""
+        chosen = default if given is None else given
+        if chosen is None:
+            return None
+        name = getattr(chosen, "name", chosen)
+        if not isinstance(name, str) or name not in self.registry:
+            raise ConfigurationError(f"{option}={chosen!r} is not a registered task")
+        return name
+
+    def _callback_url(self, url: object) -> str | None:
+        if url is None:
+            return None
+        if not self.config.webhook_secret:
+            raise ConfigurationError(
+                "callback_url needs SPOOLKIT_WEBHOOK_SECRET: webhooks are always signed"
+            )
+        if not isinstance(url, str) or len(url) > 2000:
+            raise ConfigurationError("callback_url must be an http(s) URL of at most 2000 chars")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"callback_url {url!r} is not an http(s) URL with a host")
+        return url
 
     def enqueue_by_name(
         self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], **options: Any
@@ -137,9 +217,24 @@ class JobService:
         nothing (the claim sees ``cancelled``) and drops it; the file is
         made due now so that happens at the next scan, not at its ``at``.
         """
-        job = self.store.cancel(job_id, time.time())
+        collect = self.follow_ups.collect()
+        job = self.store.cancel(job_id, time.time(), collect)
         self.runner.release(job)
+        hand_over(self.runner, collect.made)
         log.info("job %s cancelled", job.id)
+        return job
+
+    def abort(self, job_id: str) -> Job:
+        """Stop a job: a waiting one is cancelled as ``cancel`` does; a running one sees
+        ``current_job.abort_requested`` and, if it goes on, its spooler is killed after
+        ``SPOOLKIT_ABORT_GRACE`` (by the housekeeper). It ends ``cancelled``, is not
+        retried and never runs again, even after a restart."""
+        collect = self.follow_ups.collect()
+        job = self.store.request_abort(job_id, time.time(), collect)
+        if job.state is JobState.CANCELLED:
+            self.runner.release(job)
+            hand_over(self.runner, collect.made)
+        log.info("job %s: abort requested (%s)", job.id, job.state.value)
         return job
 
     def retry(self, job_id: str) -> Job:

@@ -23,10 +23,11 @@ from .compat import Compat
 from .config import Config
 from .encoding import Envelope, decode_arguments, from_spool_dict, to_spool_entries
 from .errors import DecodeError
+from .followups import FollowUps
 from .job import Job
 from .local import is_local_delivery, local_delivery_alive
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff
+from .runner import Deferred, Handoff, hand_over
 from .schedule import Parking, spool_mtime
 from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
 from .store import Store
@@ -86,7 +87,9 @@ class SpoolerRunner:
         self.retention = config.result_ttl
         self.purge_interval = config.housekeeping_interval
         self._next_purge = 0.0
-        self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking)
+        follow_ups = FollowUps(registry, config, self.delivery_for)
+        self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking,
+                                        follow_ups)  # fmt: skip
         self._reniced_pid: int | None = None
         self.compat = Compat(app, config, store, registry, self.directory)
         self.store = store
@@ -169,6 +172,7 @@ class SpoolerRunner:
         step = self.worker.process(
             envelope.job_id, delivery, envelope.task, envelope.args, envelope.kwargs
         )
+        hand_over(self, step.follow_ups)
         if step.verdict is Verdict.QUARANTINE:
             return self._quarantine(directory, name, step.reason)
         if step.verdict is Verdict.AGAIN:

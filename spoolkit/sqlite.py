@@ -15,21 +15,28 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from .errors import InvalidJobState, JobNotFound, StoreFull, StoreUnavailable
-from .job import Job, JobError, Progress
+from .errors import (
+    IdempotencyConflict,
+    InvalidJobState,
+    JobNotFound,
+    StoreFull,
+    StoreUnavailable,
+)
+from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
 from .states import FINISHED, RETRYABLE, WAITING, JobState
-from .store import NewJob
+from .store import FollowUp, NewJob
 
 log = logging.getLogger("spoolkit.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
-_SCHEMA = """
+SCHEMA_VERSION = 3
+_TABLES = """
 CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     id TEXT PRIMARY KEY,
     task TEXT NOT NULL,
@@ -51,25 +58,105 @@ CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     error_traceback TEXT,
     spool_file TEXT,
     runner TEXT,
-    runner_pid INTEGER,
-    origin TEXT NOT NULL DEFAULT 'spoolkit'
+    runner_pid INTEGER
 );
+CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spoolkit_attempts (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    outcome TEXT NOT NULL,
+    error_type TEXT,
+    error_message TEXT,
+    runner_pid INTEGER
+);
+"""
+#: Columns added after the first release (setup() adds those a store lacks).
+_ADDED_COLUMNS = {
+    "origin": "TEXT NOT NULL DEFAULT 'spoolkit'",
+    "parent_id": "TEXT",
+    "on_success": "TEXT",
+    "on_failure": "TEXT",
+    "callback_url": "TEXT",
+    "timeout": "REAL",
+    "abort_requested": "REAL",
+    "idempotency_key": "TEXT",
+    "idempotency_hash": "TEXT",
+}
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_state ON spoolkit_jobs (state, updated_at);
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_parked ON spoolkit_jobs (scheduled_for)
     WHERE state = 'scheduled' AND spool_file IS NULL;
-CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_parent ON spoolkit_jobs (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS spoolkit_jobs_key ON spoolkit_jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_aborting ON spoolkit_jobs (abort_requested)
+    WHERE abort_requested IS NOT NULL AND state = 'running';
+CREATE INDEX IF NOT EXISTS spoolkit_attempts_job ON spoolkit_attempts (job_id);
 """
+#: Attempts kept in a job's history.
+HISTORY_LIMIT = 50
 _COLUMNS = (
     "id, task, state, attempts, max_attempts, backoff, priority, created_at, scheduled_for, "
     "started_at, finished_at, updated_at, progress, result, error_type, error_message, "
-    "error_traceback, spool_file, runner, runner_pid, origin"
+    "error_traceback, spool_file, runner, runner_pid, origin, parent_id, on_success, "
+    "on_failure, callback_url, timeout, abort_requested"
 )
-#: Columns added after the first release, with their definitions (added by setup()).
-_ADDED_COLUMNS = {"origin": "TEXT NOT NULL DEFAULT 'spoolkit'"}
 # Connections inherited through fork() are never closed in the child (that can
 # release the parent's locks); they are parked here instead.
 _INHERITED: list[sqlite3.Connection] = []
+
+
+_INSERT = (
+    "INSERT INTO spoolkit_jobs (id, task, payload, state, priority, max_attempts, backoff, "
+    "created_at, scheduled_for, updated_at, spool_file, origin, parent_id, on_success, "
+    "on_failure, callback_url, timeout, idempotency_key, idempotency_hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _new_row(new: NewJob) -> tuple[tuple[Any, ...], Job]:
+    """The values ``_INSERT`` takes for ``new``, and the job they make."""
+    state = JobState.SCHEDULED if new.run_at is not None else JobState.QUEUED
+    values = (new.id, new.task, new.payload, state.value, new.priority, new.max_attempts,
+              new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file,
+              new.origin, new.parent_id, new.on_success, new.on_failure, new.callback_url,
+              new.timeout, new.idempotency_key, new.idempotency_hash)  # fmt: skip
+    job = Job(
+        id=new.id, task=new.task, state=state, attempts=0, max_attempts=new.max_attempts,
+        backoff=new.backoff, priority=new.priority, created_at=new.created_at,
+        scheduled_for=new.run_at, started_at=None, finished_at=None, updated_at=new.created_at,
+        progress=None, result=None, error=None, spool_file=new.spool_file, runner=None,
+        runner_pid=None, origin=new.origin, parent_id=new.parent_id, on_success=new.on_success,
+        on_failure=new.on_failure, callback_url=new.callback_url, timeout=new.timeout,
+    )  # fmt: skip
+    return values, job
+
+
+def _record_follow_ups(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> None:
+    for new in jobs:
+        conn.execute(_INSERT, _new_row(new)[0])
+
+
+def _remember(
+    conn: sqlite3.Connection, job: Job, now: float, outcome: str, error: JobError | None
+) -> None:
+    """Add the attempt that just ended to the job's history (the last HISTORY_LIMIT kept)."""
+    conn.execute(
+        "INSERT INTO spoolkit_attempts (job_id, attempt, started_at, finished_at, outcome, "
+        "error_type, error_message, runner_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, job.attempts, job.started_at, now, outcome, error.type if error else None,
+         error.message if error else None, job.runner_pid),
+    )  # fmt: skip
+    if job.attempts > HISTORY_LIMIT:
+        conn.execute(
+            "DELETE FROM spoolkit_attempts WHERE job_id = ? AND rowid NOT IN (SELECT rowid "
+            "FROM spoolkit_attempts WHERE job_id = ? ORDER BY rowid DESC LIMIT ?)",
+            (job.id, job.id, HISTORY_LIMIT),
+        )
 
 
 def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
@@ -84,7 +171,8 @@ def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
      finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,
-     runner_pid, origin) = row  # fmt: skip
+     runner_pid, origin, parent_id, on_success, on_failure, callback_url, timeout,
+     abort_requested) = row  # fmt: skip
     return Job(
         id=id_,
         task=task,
@@ -105,6 +193,12 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         runner=runner,
         runner_pid=runner_pid,
         origin=origin,
+        parent_id=parent_id,
+        on_success=on_success,
+        on_failure=on_failure,
+        callback_url=callback_url,
+        timeout=timeout,
+        abort_requested=abort_requested is not None,
     )
 
 
@@ -173,11 +267,12 @@ class SQLiteStore:  # implements store.Store
         conn = self._open()
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+            conn.executescript(_TABLES)
             present = {row[1] for row in conn.execute("PRAGMA table_info(spoolkit_jobs)")}
             for column, definition in _ADDED_COLUMNS.items():
                 if column not in present:  # a store made by an earlier version
                     conn.execute(f"ALTER TABLE spoolkit_jobs ADD COLUMN {column} {definition}")
+            conn.executescript(_INDEXES)
             conn.execute(
                 "INSERT OR REPLACE INTO spoolkit_meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
@@ -247,6 +342,30 @@ class SQLiteStore:  # implements store.Store
                 raise unavailable(f"job store {self.name}", exc) from exc
             raise
 
+    def _transact(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = False,
+        patient: bool = False,
+    ) -> T:
+        """``work(conn)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT), tried again
+        whole while the database is locked (and, ``patient``, while it is unavailable)."""
+        conn = self._connection(durable)
+
+        def attempt() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return done
+
+        return self._locked(attempt, patient=patient)
+
     def _statement(
         self,
         sql: str,
@@ -272,8 +391,26 @@ class SQLiteStore:  # implements store.Store
     # -- reading -------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
+        """The job, with the ids of the jobs its outcome queued and its attempt history."""
         rows = self._read(f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,))
-        return _row_to_job(rows[0]) if rows else None
+        if not rows:
+            return None
+        children = self._read(
+            "SELECT id FROM spoolkit_jobs WHERE parent_id = ? ORDER BY created_at, id", (job_id,)
+        )
+        attempts = self._read(
+            "SELECT attempt, started_at, finished_at, outcome, error_type, error_message, "
+            "runner_pid FROM spoolkit_attempts WHERE job_id = ? ORDER BY rowid",
+            (job_id,),
+        )
+        history = tuple(
+            Attempt(number, started, finished, outcome,
+                    JobError(etype, emessage or "") if etype else None, pid)
+            for number, started, finished, outcome, etype, emessage, pid in attempts
+        )  # fmt: skip
+        return replace(
+            _row_to_job(rows[0]), callbacks=tuple(row[0] for row in children), history=history
+        )
 
     def payload(self, job_id: str) -> str:
         rows = self._read("SELECT payload FROM spoolkit_jobs WHERE id = ?", (job_id,))
@@ -355,24 +492,41 @@ class SQLiteStore:  # implements store.Store
     # -- writing ---------------------------------------------------------------------
 
     def insert(self, new: NewJob) -> Job:
-        """Record an accepted job (durably: this is what a ``202`` promises)."""
-        state = JobState.SCHEDULED if new.run_at is not None else JobState.QUEUED
-        self._statement(
-            "INSERT INTO spoolkit_jobs (id, task, payload, state, priority, max_attempts, "
-            "backoff, created_at, scheduled_for, updated_at, spool_file, origin) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (new.id, new.task, new.payload, state.value, new.priority, new.max_attempts,
-             new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file,
-             new.origin),
-            durable=True,
-        )  # fmt: skip
-        return Job(
-            id=new.id, task=new.task, state=state, attempts=0, max_attempts=new.max_attempts,
-            backoff=new.backoff, priority=new.priority, created_at=new.created_at,
-            scheduled_for=new.run_at, started_at=None, finished_at=None, updated_at=new.created_at,
-            progress=None, result=None, error=None, spool_file=new.spool_file, runner=None,
-            runner_pid=None, origin=new.origin,
-        )  # fmt: skip
+        """Record an accepted job (durably: this is what a ``202`` promises).
+
+        With an idempotency key still valid, the job recorded first under it comes
+        back instead (``replayed``), or ``IdempotencyConflict`` when it was another
+        task or other arguments; the unique index makes concurrent inserts agree.
+        """
+        values, recorded = _new_row(new)
+        sql = _INSERT
+        key = new.idempotency_key
+        if key is None:
+            self._statement(sql, values, durable=True)
+            return recorded
+
+        def work(conn: sqlite3.Connection) -> Job:
+            conn.execute(
+                "UPDATE spoolkit_jobs SET idempotency_key = NULL WHERE idempotency_key = ? "
+                "AND created_at < ?",
+                (key, new.created_at - new.idempotency_ttl),
+            )
+            first = conn.execute(
+                "SELECT id, idempotency_hash FROM spoolkit_jobs WHERE idempotency_key = ?", (key,)
+            ).fetchone()
+            if first is None:
+                conn.execute(sql, values)
+                return recorded
+            if first[1] != new.idempotency_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} names job {first[0]}, of another task or with "
+                    "other arguments"
+                )
+            earlier = self._fetch(conn, first[0])
+            assert earlier is not None
+            return replace(earlier, replayed=True)
+
+        return self._transact(work, durable=True)
 
     def delete(self, job_id: str) -> None:
         """Remove a row that never reached the spool (its spool file could not be written)."""
@@ -410,6 +564,8 @@ class SQLiteStore:  # implements store.Store
         with self._write() as conn:
             job = self._fetch(conn, job_id)
             action = decide_claim(job, delivery, instance, now, is_alive)
+            if action is ClaimAction.RERUN and job is not None:
+                _remember(conn, job, now, "interrupted", None)
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
                 counted = 1 if action is ClaimAction.RUN else 0
                 conn.execute(
@@ -430,33 +586,58 @@ class SQLiteStore:  # implements store.Store
         error: JobError | None = None,
         retry_at: float | None = None,
         park: bool = False,
+        outcome: str | None = None,
+        follow_up: FollowUp | None = None,
     ) -> bool:
-        """Record how an attempt ended: succeeded (no error), retry later, or failed.
+        """Record how an attempt ended: succeeded (no error), retry later, or failed; or
+        ``cancelled`` whatever it was, when an abort was requested meanwhile.
 
         Only the runner that holds the job may do this (``runner_pid`` and
         ``state = running`` are checked): ``False`` means someone else owns it now.
         ``park`` (with ``retry_at``) forgets the spool file: the retry waits in the
-        store and the housekeeper spools it when it is nearly due. Waits while
-        the store is unavailable: an outcome is never dropped.
+        store and the housekeeper spools it when it is nearly due. In the same
+        transaction: the attempt joins the history (``outcome``), and a final
+        outcome records the jobs ``follow_up`` makes of it (callbacks, webhooks),
+        so no crash can lose them or queue them for an outcome that was not
+        recorded. Waits while the store is unavailable: an outcome is never dropped.
         """
-        if error is None:
-            state, finished = JobState.SUCCEEDED, now
-        elif retry_at is not None:
-            state, finished = JobState.SCHEDULED, None
-        else:
-            state, finished = JobState.FAILED, now
-        cursor = self._statement(
-            "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ?, result = ?, "
-            "scheduled_for = COALESCE(?, scheduled_for), error_type = ?, error_message = ?, "
-            "error_traceback = ?, spool_file = CASE WHEN ? THEN NULL ELSE spool_file END "
-            "WHERE id = ? AND state = ? AND runner_pid = ?",
-            (state.value, finished, now, result, retry_at,
-             error.type if error else None, error.message if error else None,
-             error.traceback if error else None, park and retry_at is not None,
-             job_id, JobState.RUNNING.value, runner_pid),
-            patient=True,
-        )  # fmt: skip
-        return cursor.rowcount == 1
+
+        def work(conn: sqlite3.Connection) -> bool:
+            current = conn.execute(
+                f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ? AND state = ? "
+                "AND runner_pid = ?",
+                (job_id, JobState.RUNNING.value, runner_pid),
+            ).fetchone()
+            if current is None:
+                return False
+            job = _row_to_job(current)
+            label = outcome or ("succeeded" if error is None else "failed")
+            retry = retry_at
+            if job.abort_requested:
+                state, finished, label, retry = JobState.CANCELLED, now, "aborted", None
+            elif error is None:
+                state, finished = JobState.SUCCEEDED, now
+            elif retry is not None:
+                state, finished = JobState.SCHEDULED, None
+            else:
+                state, finished = JobState.FAILED, now
+            conn.execute(
+                "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ?, "
+                "result = ?, scheduled_for = COALESCE(?, scheduled_for), error_type = ?, "
+                "error_message = ?, error_traceback = ?, "
+                "spool_file = CASE WHEN ? THEN NULL ELSE spool_file END WHERE id = ?",
+                (state.value, finished, now, result, retry,
+                 error.type if error else None, error.message if error else None,
+                 error.traceback if error else None, park and retry is not None, job_id),
+            )  # fmt: skip
+            _remember(conn, job, now, label, error)
+            if follow_up is not None and state.is_finished:
+                done = self._fetch(conn, job_id)
+                assert done is not None
+                _record_follow_ups(conn, follow_up(done))
+            return True
+
+        return self._transact(work, patient=True)
 
     def set_progress(self, job_id: str, progress: Progress, now: float) -> None:
         self._statement(
@@ -465,10 +646,18 @@ class SQLiteStore:  # implements store.Store
         )
 
     def _change(
-        self, job_id: str, allowed: frozenset[JobState], action: str, sets: str, params: list[Any]
+        self,
+        job_id: str,
+        allowed: frozenset[JobState],
+        action: str,
+        sets: str,
+        params: list[Any],
+        follow_up: FollowUp | None = None,
     ) -> Job:
-        """Update one job if its state is in ``allowed``; else a named error (durably)."""
-        with self._write(durable=True) as conn:
+        """Update one job if its state is in ``allowed``; else a named error (durably).
+        A job it finishes records what ``follow_up`` makes of it in the same transaction."""
+
+        def work(conn: sqlite3.Connection) -> Job:
             job = self._fetch(conn, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id!r}")
@@ -479,16 +668,52 @@ class SQLiteStore:  # implements store.Store
                     state=job.state.value,
                 )
             conn.execute(f"UPDATE spoolkit_jobs SET {sets} WHERE id = ?", [*params, job_id])
-            job = self._fetch(conn, job_id)
-        assert job is not None
-        return job
+            changed = self._fetch(conn, job_id)
+            assert changed is not None
+            if follow_up is not None and changed.state.is_finished:
+                _record_follow_ups(conn, follow_up(changed))
+            return changed
 
-    def cancel(self, job_id: str, now: float) -> Job:
+        return self._transact(work, durable=True)
+
+    def cancel(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
         """Cancel a waiting job; a spooler's later claim sees ``cancelled`` and drops the file."""
         return self._change(
             job_id, WAITING, "cancelled", "state = ?, finished_at = ?, updated_at = ?",
-            [JobState.CANCELLED.value, now, now],
+            [JobState.CANCELLED.value, now, now], follow_up,
         )  # fmt: skip
+
+    def request_abort(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
+        """Cancel a waiting job, or mark a running one to be stopped (durably: the mark
+        outlives a restart, and the job never runs again); a finished job is refused."""
+        try:
+            return self.cancel(job_id, now, follow_up)
+        except InvalidJobState as exc:
+            if exc.state != JobState.RUNNING.value:
+                raise InvalidJobState(
+                    f"job {job_id} is {exc.state}; only queued, scheduled or running jobs "
+                    "can be aborted",
+                    state=exc.state,
+                ) from None
+        return self._change(
+            job_id, frozenset({JobState.RUNNING}), "aborted",
+            "abort_requested = COALESCE(abort_requested, ?), updated_at = ?", [now, now],
+        )  # fmt: skip
+
+    def abort_requested(self, job_id: str) -> bool:
+        rows = self._read(
+            "SELECT abort_requested IS NOT NULL FROM spoolkit_jobs WHERE id = ?", (job_id,)
+        )
+        return bool(rows and rows[0][0])
+
+    def aborting(self, requested_before: float) -> list[Job]:
+        """Running jobs whose abort was requested before ``requested_before``."""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE abort_requested IS NOT NULL "
+            "AND state = 'running' AND abort_requested < ?",
+            (requested_before,),
+        )
+        return [_row_to_job(row) for row in rows]
 
     def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
         """Queue a failed or cancelled job again, with a fresh attempt budget."""
@@ -499,7 +724,7 @@ class SQLiteStore:  # implements store.Store
             "state = ?, attempts = 0, scheduled_for = NULL, started_at = NULL, "
             "finished_at = NULL, progress = NULL, result = NULL, error_type = NULL, "
             "error_message = NULL, error_traceback = NULL, spool_file = ?, runner = NULL, "
-            "runner_pid = NULL, updated_at = ?",
+            "runner_pid = NULL, abort_requested = NULL, updated_at = ?",
             [JobState.QUEUED.value, spool_file, now],
         )
 
@@ -526,9 +751,15 @@ class SQLiteStore:  # implements store.Store
         """Delete up to ``limit`` finished jobs older than ``finished_before``."""
         marks, finished = _marks(FINISHED)
         with self._write() as conn:
-            cursor = conn.execute(
-                f"DELETE FROM spoolkit_jobs WHERE id IN (SELECT id FROM spoolkit_jobs "
-                f"WHERE state IN ({marks}) AND finished_at < ? LIMIT ?)",
-                [*finished, finished_before, limit],
-            )
+            doomed = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM spoolkit_jobs WHERE state IN ({marks}) AND finished_at < ? "
+                    "LIMIT ?",
+                    [*finished, finished_before, limit],
+                )
+            ]
+            places = ",".join("?" * len(doomed))
+            conn.execute(f"DELETE FROM spoolkit_attempts WHERE job_id IN ({places})", doomed)
+            cursor = conn.execute(f"DELETE FROM spoolkit_jobs WHERE id IN ({places})", doomed)
         return cursor.rowcount

@@ -10,7 +10,7 @@ two processes racing on one job cannot both win.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +37,22 @@ class NewJob:
     spool_file: str | None
     #: Who queued it: "spoolkit", or the library whose spool call the kit took over.
     origin: str = "spoolkit"
+    parent_id: str | None = None
+    on_success: str | None = None
+    on_failure: str | None = None
+    callback_url: str | None = None
+    timeout: float | None = None
+    #: With ``idempotency_hash`` (of task and arguments): a second insert with the key
+    #: returns the first job instead (``Job.replayed``), or ``IdempotencyConflict``.
+    idempotency_key: str | None = None
+    idempotency_hash: str | None = None
+    #: Seconds a key stays bound to its first job (SPOOLKIT_IDEMPOTENCY_TTL).
+    idempotency_ttl: float = 86400.0
+
+
+#: Makes the jobs a finished job queues (callbacks, webhook deliveries); the store calls
+#: it inside the transaction that records the outcome and records what it returns.
+FollowUp = Callable[[Job], Sequence[NewJob]]
 
 
 class Store(Protocol):
@@ -115,16 +131,30 @@ class Store(Protocol):
         error: JobError | None = None,
         retry_at: float | None = None,
         park: bool = False,
+        outcome: str | None = None,
+        follow_up: FollowUp | None = None,
     ) -> bool:
-        """Record an attempt's outcome; ``False`` if another runner owns the job now.
-
-        Waits while the store is unavailable: an outcome is never dropped.
+        """Record an attempt's outcome (``cancelled`` if an abort was requested) and its
+        line in the history; a final one records ``follow_up``'s jobs in the same
+        transaction. ``False`` if another runner owns the job now. Waits while the
+        store is unavailable: an outcome is never dropped.
         """
         ...
 
     def set_progress(self, job_id: str, progress: Progress, now: float) -> None: ...
-    def cancel(self, job_id: str, now: float) -> Job:
-        """Cancel a waiting job (``InvalidJobState`` otherwise), durably."""
+    def cancel(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
+        """Cancel a waiting job (``InvalidJobState`` otherwise), durably, with
+        ``follow_up``'s jobs."""
+        ...
+
+    def request_abort(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
+        """Cancel a waiting job, or mark a running one to be stopped; durably."""
+        ...
+
+    def abort_requested(self, job_id: str) -> bool: ...
+
+    def aborting(self, requested_before: float) -> list[Job]:
+        """Running jobs whose abort was requested before ``requested_before``."""
         ...
 
     def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:

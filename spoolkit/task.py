@@ -40,6 +40,10 @@ class Call:
     policy: RetryPolicy
     #: "spoolkit" for @spool tasks; the library's name for calls the kit took over.
     origin: str = "spoolkit"
+    #: The task's own defaults (``@spool(on_success=..., timeout=...)``).
+    on_success: str | None = None
+    on_failure: str | None = None
+    timeout: float | None = None
 
 
 class Enqueuer(Protocol):
@@ -53,6 +57,11 @@ class Enqueuer(Protocol):
         countdown: object = None,
         priority: object = None,
         max_attempts: object = None,
+        on_success: object = None,
+        on_failure: object = None,
+        callback_url: object = None,
+        key: object = None,
+        timeout: object = None,
     ) -> Job: ...
 
 
@@ -72,10 +81,29 @@ def app_enqueuer() -> Enqueuer:
     return cast(Enqueuer, service)
 
 
+def _task_name(task: object, option: str) -> str | None:
+    """The name of a callback task given as a task or a name (checked at enqueue)."""
+    if task is None:
+        return None
+    name = getattr(task, "name", task)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{option} must be a task or a task name, got {task!r}")
+    return name
+
+
 class Task(Generic[P, R]):
     """A registered task: the function, its name and its retry policy."""
 
-    def __init__(self, fn: Callable[P, R], *, name: str, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str,
+        policy: RetryPolicy,
+        on_success: str | Task[Any, Any] | None = None,
+        on_failure: str | Task[Any, Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
         if not callable(fn):
             raise TypeError(f"@spool decorates a function, got {fn!r}")
         if inspect.iscoroutinefunction(fn):
@@ -83,6 +111,13 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.name = name
         self.policy = policy
+        self.on_success = _task_name(on_success, "on_success")
+        self.on_failure = _task_name(on_failure, "on_failure")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.timeout = None if timeout is None else float(timeout)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
@@ -106,18 +141,28 @@ class Task(Generic[P, R]):
         countdown: float | None = None,
         priority: int | None = None,
         max_attempts: int | None = None,
+        on_success: str | Task[Any, Any] | None = None,
+        on_failure: str | Task[Any, Any] | None = None,
+        callback_url: str | None = None,
+        key: str | None = None,
+        timeout: float | None = None,
     ) -> Job:
         """Queue the task with options.
 
         ``at`` (a datetime, unix seconds or ISO 8601; no zone means UTC) or
         ``countdown`` (seconds) delays the first run; ``priority`` (0-99,
         lower first) needs ``spooler-ordered``; ``max_attempts`` overrides
-        the task's.
+        the task's. ``on_success``/``on_failure`` (a task or its name) run with
+        the finished job's JSON; ``callback_url`` gets it POSTed, signed;
+        ``key`` (an idempotency key) returns the job recorded under it before;
+        ``timeout`` (seconds) stops an attempt that runs longer.
         """
         call = self.call(args, kwargs or {})
         return app_enqueuer().enqueue(
-            call, at=at, countdown=countdown, priority=priority, max_attempts=max_attempts
-        )
+            call, at=at, countdown=countdown, priority=priority, max_attempts=max_attempts,
+            on_success=on_success, on_failure=on_failure, callback_url=callback_url, key=key,
+            timeout=timeout,
+        )  # fmt: skip
 
     def call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Call:
         """Check ``args``/``kwargs`` against the signature and encode them.
@@ -135,4 +180,6 @@ class Task(Generic[P, R]):
             for parameter in self.signature.parameters.values()
             if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
         ]
-        return Call(self.name, encode_arguments(self.name, args, kwargs, names), self.policy)
+        return Call(self.name, encode_arguments(self.name, args, kwargs, names), self.policy,
+                    on_success=self.on_success, on_failure=self.on_failure,
+                    timeout=self.timeout)  # fmt: skip

@@ -17,6 +17,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -26,13 +27,14 @@ from flask import Flask
 from .config import Config
 from .context import JobContext, running
 from .encoding import encode_result
-from .errors import EncodeError, StoreUnavailable, TaskNotFound
+from .errors import EncodeError, JobTimeout, StoreUnavailable, TaskNotFound
+from .followups import FollowUps
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction
 from .registry import TaskRegistry
 from .retry import DEFAULT_MAX_BACKOFF, GiveUp, Retry, compute_backoff
 from .schedule import Parking
-from .store import Store
+from .store import NewJob, Store
 from .task import Task
 
 log = logging.getLogger("spoolkit.worker")
@@ -54,6 +56,9 @@ class Step:
     verdict: Verdict
     at: float | None = None
     reason: str = ""
+    #: Jobs the outcome queued (callbacks, webhook deliveries), recorded with it: the
+    #: runner hands them over.
+    follow_ups: tuple[NewJob, ...] = ()
 
 
 class Host(Protocol):
@@ -74,6 +79,16 @@ class Host(Protocol):
     def runner_alive(self, runner: str | None, pid: int | None) -> bool:
         """Could the process a row names as a job's runner still be running it? (For the
         housekeeper; judges runners of earlier instances and of local processes too.)"""
+        ...
+
+    def limit(self, seconds: float | None, grace: float) -> AbstractContextManager[None]:
+        """Around an attempt: ``JobTimeout`` inside it after ``seconds``, and its process
+        killed ``grace`` seconds later if it has not returned (where the host can)."""
+        ...
+
+    def kill(self, runner: str | None, pid: int | None) -> bool:
+        """Kill the process running a job (an abort past its grace); ``False`` if this
+        host cannot (not its process, or threads)."""
         ...
 
 
@@ -100,6 +115,17 @@ def error_from(exc: BaseException) -> JobError:
     )
 
 
+def _outcome(error: JobError | None, retry_at: float | None) -> str:
+    """The attempt's outcome for the history (the store says ``aborted`` when it was)."""
+    if error is None:
+        return "succeeded"
+    if error.type == "Timeout":
+        return "timeout"
+    if error.type == "WorkerLost":
+        return "worker_lost"
+    return "retry" if retry_at is not None else "failed"
+
+
 def storable(text: str) -> str:
     """``text`` with what UTF-8 cannot hold (lone surrogates) escaped as ``\\udcff``."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -115,10 +141,12 @@ class Worker:
         registry: TaskRegistry,
         host: Host,
         parking: Parking | None = None,
+        follow_ups: FollowUps | None = None,
     ) -> Worker:
         """A worker with the limits the kit's settings give."""
         return cls(app, store, registry, host, parking=parking, max_backoff=config.max_backoff,
-                   max_result_bytes=config.max_result_bytes)  # fmt: skip
+                   max_result_bytes=config.max_result_bytes, follow_ups=follow_ups,
+                   timeout_grace=config.timeout_grace)  # fmt: skip
 
     def __init__(
         self,
@@ -130,8 +158,12 @@ class Worker:
         parking: Parking | None = None,
         max_backoff: float = DEFAULT_MAX_BACKOFF,
         max_result_bytes: int | None = None,
+        follow_ups: FollowUps | None = None,
+        timeout_grace: float = 5.0,
     ) -> None:
         self.app = app
+        self.follow_ups = follow_ups
+        self.timeout_grace = timeout_grace
         self.store = store
         self.registry = registry
         self.host = host
@@ -169,6 +201,9 @@ class Worker:
             return self._record(
                 job, now, error=self._lost_error(job, now), runner_pid=job.runner_pid
             )
+        if job.abort_requested:  # asked before a restart: it never runs again
+            return self._record(job, now, error=JobError("Aborted", "abort requested"),
+                                retryable=False)  # fmt: skip
         if action is ClaimAction.RERUN:
             log.info("job %s: attempt %d was cut short by a restart; running it again, not counted",
                      job.id, job.attempts)  # fmt: skip
@@ -177,7 +212,7 @@ class Worker:
             self._record(job, now, error=JobError("SpoolFileRejected", reason), retryable=False)
             return Step(Verdict.QUARANTINE, reason=reason)
         try:
-            task = self.registry.get(job.task)
+            task = self.registry.get(job.task, origin=job.origin)
         except TaskNotFound as exc:
             self._record(job, now, error=error_from(exc), retryable=False)
             return Step(Verdict.QUARANTINE, reason=str(exc))
@@ -185,8 +220,9 @@ class Worker:
 
     def _run(self, job: Job, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Step:
         context = JobContext(
-            job.id, job.task, job.attempts, job.max_attempts, self._reporter(job.id)
-        )
+            job.id, job.task, job.attempts, job.max_attempts, self._reporter(job.id),
+            lambda: self.store.abort_requested(job.id),
+        )  # fmt: skip
         log.info(
             "job %s running: %s (attempt %d/%d)", job.id, job.task, job.attempts, job.max_attempts
         )
@@ -197,8 +233,14 @@ class Worker:
         retryable = True
         runner = os.getpid()
         try:
-            with self.app.app_context(), running(context):
+            with (
+                self.host.limit(job.timeout, self.timeout_grace),
+                self.app.app_context(),
+                running(context),
+            ):
                 value = task.fn(*args, **kwargs)
+        except JobTimeout as exc:
+            error = JobError("Timeout", storable(str(exc)), error_from(exc).traceback)
         except Retry as exc:
             countdown = exc.countdown
             error = JobError("Retry", storable(str(exc)))
@@ -242,12 +284,18 @@ class Worker:
             retry_at = now + delay
         pid = os.getpid() if runner_pid is None else runner_pid
         park = self.parking.parks(retry_at, now)
+        collect = self.follow_ups.collect() if self.follow_ups else None
         recorded = self.store.finish(
-            job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park
-        )
+            job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park,
+            outcome=_outcome(error, retry_at), follow_up=collect,
+        )  # fmt: skip
         if not recorded:
             log.warning("job %s was taken over by another runner; dropping this delivery", job.id)
             return Step(Verdict.DONE)
+        if collect is not None and collect.made:
+            log.info("job %s queued %s", job.id,
+                     ", ".join(f"{new.task} {new.id}" for new in collect.made))  # fmt: skip
+            return Step(Verdict.DONE, follow_ups=tuple(collect.made))
         took = f" in {elapsed:.3f}s" if elapsed is not None else ""
         attempt = f"attempt {job.attempts}/{job.max_attempts}"
         if error is None:
@@ -271,6 +319,12 @@ class Worker:
 
     def _lost_error(self, job: Job, now: float) -> JobError:
         elapsed = now - (job.started_at or now)
+        if job.timeout and elapsed >= job.timeout:
+            return JobError(
+                "Timeout",
+                f"attempt {job.attempts} ran past its timeout of {job.timeout:g} s, ignored "
+                f"JobTimeout for {self.timeout_grace:g} s and was killed",
+            )
         limit = self.host.time_limit()
         if limit and elapsed >= limit - 1:
             return JobError(

@@ -6,6 +6,7 @@ pids are alive, and each test hands ``Worker.process`` one delivery.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class FakeHost:
 
     def __init__(self, alive: set[int] | None = None, limit: int | None = None) -> None:
         self.alive = alive or set()
-        self.limit = limit
+        self.harakiri = limit
 
     def instance(self) -> str:
         return INSTANCE
@@ -82,10 +83,16 @@ class FakeHost:
         return pid in self.alive
 
     def time_limit(self) -> int | None:
-        return self.limit
+        return self.harakiri
 
     def runner_alive(self, runner: str | None, pid: int | None) -> bool:
         return runner == INSTANCE and pid in self.alive
+
+    def limit(self, seconds: float | None, grace: float) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    def kill(self, runner: str | None, pid: int | None) -> bool:
+        return False
 
 
 @pytest.fixture(autouse=True)
