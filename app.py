@@ -17,7 +17,13 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 import tasks
-from spoolkit import SpoolKit, accepted, json_http_error
+from spoolkit import (
+    IdempotencyConflict,
+    InvalidSchedule,
+    SpoolKit,
+    accepted,
+    json_http_error,
+)
 
 SCRIPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TEXTS = 1000
@@ -54,7 +60,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             }, 422
         if len(texts) > MAX_TEXTS:
             return {"error": f"at most {MAX_TEXTS} texts per script"}, 422
-        return accepted(tasks.render_audio.delay(script_id, texts))
+        # A client that retries after a timeout sends the same Idempotency-Key and
+        # gets the job it already has, not a second render.
+        try:
+            job = tasks.render_audio.apply_async(
+                (script_id, texts), key=request.headers.get("Idempotency-Key")
+            )
+        except (InvalidSchedule, IdempotencyConflict) as exc:  # a bad or reused key
+            return {"error": str(exc)}, 422
+        return accepted(job)
 
     return app
 

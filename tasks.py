@@ -3,27 +3,57 @@
 ``render_audio`` is the classic slow call moved out of a request: it asks a
 (simulated) third-party text-to-speech API for each text, which takes a
 while per item, reports progress, and writes one WAV file whose path is the
-job's result.
+job's result. When it returns, ``render_ready`` is called back with the
+finished job (the question the project started from); if it fails for good,
+``render_failed`` raises the alarm.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 import os
 import struct
 import time
 import wave
+from typing import Any
 
 from flask import current_app
 
 from spoolkit import current_job, spool
 
+log = logging.getLogger("tasks")
+
 SAMPLE_RATE = 8000
 SECONDS_PER_TEXT = 0.4
 
 
-@spool(max_attempts=5, backoff=2.0)
+@spool
+def render_ready(job: dict[str, Any]) -> str:
+    """Called back with the finished render job: note that its file is ready.
+
+    A line in ``ready.jsonl`` beside the WAV files stands for "tell the user"
+    (an e-mail, a push message, a row in your own table).
+    """
+    out_dir = current_app.config["RENDER_OUTPUT_DIR"]
+    os.makedirs(out_dir, exist_ok=True)
+    notice = {"job": job["id"], "file": job["result"], "finished_at": job["finished_at"]}
+    with open(os.path.join(out_dir, "ready.jsonl"), "a", encoding="utf-8") as out:
+        out.write(json.dumps(notice) + "\n")
+    return str(job["result"])
+
+
+@spool
+def render_failed(job: dict[str, Any]) -> None:
+    """Called back when a render failed for good: raise the alarm (here, the log)."""
+    error = job["error"] or {}
+    log.error("render job %s failed after %d attempts: %s: %s", job["id"], job["attempts"],
+              error.get("type"), error.get("message"))  # fmt: skip
+
+
+@spool(max_attempts=5, backoff=2.0, on_success=render_ready, on_failure=render_failed)
 def render_audio(script_id: str, text_list: list[str]) -> str:
     """Render every text of a script into one WAV file and return the file's path.
 
