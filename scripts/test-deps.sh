@@ -2,7 +2,7 @@
 # Debian packages the test suite drives for real: nginx (in front of uWSGI),
 # systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config),
 # wrk (the load test and the benchmark), redis-server (the benchmark's peers),
-# strace (make bench-profile).
+# strace (make bench-profile), chattr (the fault matrix makes the store immutable).
 # Installs only what is missing; called by `make test`.
 set -euo pipefail
 
@@ -15,6 +15,7 @@ have logrotate || need+=(logrotate)
 have wrk || need+=(wrk)
 have redis-server || need+=(redis-server)
 have strace || need+=(strace)
+have chattr || need+=(e2fsprogs)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

@@ -94,6 +94,8 @@ def decode_file(data: bytes) -> tuple[dict[bytes, bytes], bytes]:
 
 
 OWN_PREFIX = f"{SPOOL_PREFIX}spoolkit_"
+#: Less free space than this in the spool's filesystem: no job file can be written.
+FULL_BELOW = 64 * 1024
 
 
 def spool_file_name(job_id: str, now: float | None = None) -> str:
@@ -285,6 +287,9 @@ class SpoolDirectory:
             return "spool directory missing"
         if not os.access(self.path, os.W_OK | os.X_OK):
             return "spool directory not writable"
+        space = os.statvfs(self.path)
+        if space.f_bavail * space.f_frsize < FULL_BELOW or space.f_favail == 0:
+            return "spool disk full"
         return None
 
     def names(self) -> set[str]:

@@ -159,6 +159,12 @@ def _remember(
         )
 
 
+def _read_only(exc: sqlite3.Error) -> bool:
+    """SQLITE_READONLY and its extended codes (a file opened read-only, moved, ...)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_READONLY
+
+
 def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
     """The named error for a failed SQLite call: ``StoreFull`` when its disk is full.
 
@@ -310,7 +316,18 @@ class SQLiteStore:  # implements store.Store
         while True:
             try:
                 return attempt()
+            except StoreUnavailable:  # the file cannot be opened (now)
+                if not patient:
+                    raise
+                failures += 1
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             except sqlite3.Error as exc:
+                if _read_only(exc):
+                    # SQLite opened the file read-only (it could not be written when
+                    # opened) and stays so: open it again on the next try.
+                    self._forget()
                 message = str(exc)
                 busy = isinstance(exc, sqlite3.OperationalError) and (
                     "locked" in message or "busy" in message
@@ -327,6 +344,14 @@ class SQLiteStore:  # implements store.Store
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _forget(self) -> None:
+        """Close this thread's connections; the next call opens new ones."""
+        conns: dict[bool, sqlite3.Connection] = getattr(self._local, "conns", {})
+        if getattr(self._local, "pid", None) == os.getpid():
+            for conn in conns.values():
+                conn.close()
+            conns.clear()
+
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction holding SQLite's write lock from the start (BEGIN IMMEDIATE)."""
@@ -339,6 +364,8 @@ class SQLiteStore:  # implements store.Store
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                if _read_only(exc):
+                    self._forget()
                 raise unavailable(f"job store {self.name}", exc) from exc
             raise
 
@@ -351,9 +378,8 @@ class SQLiteStore:  # implements store.Store
     ) -> T:
         """``work(conn)`` in one write transaction (BEGIN IMMEDIATE ... COMMIT), tried again
         whole while the database is locked (and, ``patient``, while it is unavailable)."""
-        conn = self._connection(durable)
-
         def attempt() -> T:
+            conn = self._connection(durable)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 done = work(conn)
@@ -374,12 +400,12 @@ class SQLiteStore:  # implements store.Store
         patient: bool = False,
     ) -> sqlite3.Cursor:
         """One write statement, its own transaction: the write lock only while it runs."""
-        conn = self._connection(durable)
-        return self._locked(lambda: conn.execute(sql, params), patient=patient)
+        return self._locked(
+            lambda: self._connection(durable).execute(sql, params), patient=patient
+        )
 
     def _read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
-        conn = self._connection()
-        return self._locked(lambda: conn.execute(sql, params).fetchall())
+        return self._locked(lambda: self._connection().execute(sql, params).fetchall())
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
