@@ -84,6 +84,24 @@ def decode_arguments(payload: str | bytes) -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
+#: A result nested deeper than this fails its job: every reader (the store, the API,
+#: a client's JSON parser) must be able to read what was stored, with room to spare.
+MAX_RESULT_DEPTH = 100
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Is ``value`` (JSON types) nested more than ``limit`` lists/objects deep?"""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def encode_result(task: str, value: object, limit: int | None = None) -> str:
     """A task's return value as JSON, or :class:`EncodeError` saying which task returned
     what; :class:`ResultTooLarge` when it is over ``limit`` bytes."""
@@ -94,6 +112,11 @@ def encode_result(task: str, value: object, limit: int | None = None) -> str:
             f"task {task!r} returned a {type(value).__name__}, which is not JSON: {exc}. "
             "Return JSON types (str, int, float, bool, None, list, dict), or a file path."
         ) from None
+    if _deeper_than(value, MAX_RESULT_DEPTH):
+        raise EncodeError(
+            f"task {task!r} returned a value nested too deeply (over {MAX_RESULT_DEPTH} "
+            "levels): store it in a file and return the path"
+        )
     if limit is not None and len(text) > limit:
         raise ResultTooLarge(
             f"task {task!r} returned {len(text)} bytes of JSON, over SPOOLKIT_MAX_RESULT_BYTES="

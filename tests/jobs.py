@@ -9,11 +9,15 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from flask import current_app
 
-from spoolkit import Retry, current_job, spool
+from spoolkit import JobTimeout, Retry, current_job, spool
+from spoolkit import spooler as spooler_module
+from spoolkit.runner import Runner
+from spoolkit.store import NewJob
 
 
 def record(tag: str, **data: Any) -> int:
@@ -212,3 +216,158 @@ def forks(tag: str) -> str:
             return "parent"
         time.sleep(0.01)
     return "parent (child still running)"
+
+
+# -- callbacks, webhooks, timeouts, abort, history (issue: follow-ups) -------------------
+
+
+@spool(max_attempts=3, backoff=0)
+def on_success_sink(job: dict[str, Any]) -> str:
+    """An ``on_success`` callback: records the finished job it was given (its one argument)."""
+    record("on_success", parent=job["id"], received=job)
+    return str(job["id"])
+
+
+@spool(max_attempts=3, backoff=0)
+def on_failure_sink(job: dict[str, Any]) -> str:
+    """An ``on_failure`` callback: records the finished job it was given (its one argument)."""
+    record("on_failure", parent=job["id"], received=job)
+    return str(job["id"])
+
+
+@spool(on_success=on_success_sink)
+def succeeds_with_callback(tag: str) -> str:
+    record(tag)
+    return tag
+
+
+@spool(max_attempts=2, backoff=0, on_success=on_success_sink, on_failure=on_failure_sink)
+def fails_with_callbacks(tag: str, failures: int) -> int:
+    runs = record(tag)
+    if runs <= failures:
+        raise RuntimeError(f"failure {runs} of {failures}")
+    return runs
+
+
+@spool
+def keyed(tag: str) -> str:
+    """Queued under an idempotency key: each run is recorded, to count them."""
+    record(tag)
+    return tag
+
+
+@spool(max_attempts=2, backoff=0, timeout=0.5)
+def overruns(tag: str, seconds: float) -> None:
+    """Catches nothing: JobTimeout ends it; its ``finally`` block still runs."""
+    record(tag, event="start")
+    try:
+        time.sleep(seconds)
+        record(tag, event="end")
+    finally:
+        record(tag, event="finally")
+
+
+@spool(max_attempts=1, timeout=0.5)
+def ignores_timeout(tag: str, seconds: float) -> None:
+    """Catches JobTimeout and sleeps on: its spooler is killed after the grace."""
+    record(tag, event="start")
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(left)
+        except JobTimeout:
+            record(tag, event="ignored")
+    record(tag, event="end")
+
+
+@spool(max_attempts=3, backoff=0, on_success=on_success_sink, on_failure=on_failure_sink)
+def stops_on_abort(tag: str, seconds: float) -> str:
+    """Looks at ``current_job.abort_requested`` and returns when it is set."""
+    record(tag, event="start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if current_job.abort_requested:
+            record(tag, event="aborted")
+            return "stopped"
+        time.sleep(0.05)
+    record(tag, event="end")
+    return "finished"
+
+
+@spool(max_attempts=3, backoff=0, on_success=on_success_sink, on_failure=on_failure_sink)
+def ignores_abort(tag: str, seconds: float) -> str:
+    """Never looks at ``abort_requested``: the housekeeper has to kill it."""
+    record(tag, event="start")
+    time.sleep(seconds)
+    record(tag, event="end")
+    return "finished"
+
+
+@spool(max_attempts=3, backoff=0)
+def blocks_first_run(tag: str, seconds: float) -> int:
+    """Blocks on its first run only (counted by records, not attempts: a run cut short
+    by a restart keeps its attempt number)."""
+    runs = record(tag)
+    if runs == 1:
+        time.sleep(seconds)
+    return runs
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@spool(max_attempts=3, backoff=0)
+def deepest_result(tag: str, slack: int) -> Any:
+    """Returns a list nested ``slack`` levels less than the deepest json.dumps accepts
+    here: JSON the spooler can encode (its stack is shallower than this task's), which
+    a reader some frames deeper cannot decode."""
+    record(tag)
+    low, high = 1, 100_000  # json.dumps accepts ``low`` levels here, not ``high``
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            json.dumps(_nested(middle))
+        except RecursionError:
+            high = middle
+        else:
+            low = middle
+    return _nested(low - slack)
+
+
+#: Test hook. With this set to a file path, the first spooler whose recorded outcome
+#: queued jobs (callbacks, webhook deliveries) writes that file ({"pid", "jobs"}) and
+#: waits there to be killed, before it hands the jobs over: the moment between the
+#: outcome's commit and the hand-over, which followups.py promises a crash cannot
+#: lose or double a callback in. It wraps the name spooler.py calls (the kit's code is
+#: not changed); a test using it fails if the file never appears.
+PAUSE_AFTER_OUTCOME = "SPOOLKIT_TEST_PAUSE_AFTER_OUTCOME"
+
+
+def _pause_after_outcome(marker: str) -> None:
+    original = spooler_module.hand_over
+
+    def hand_over(runner: Runner, jobs: Sequence[NewJob]) -> None:
+        if jobs:
+            staging = f"{marker}.{os.getpid()}"
+            with open(staging, "w", encoding="utf-8") as out:
+                json.dump({"pid": os.getpid(), "jobs": [new.id for new in jobs]}, out)
+            try:
+                os.link(staging, marker)  # the first spooler only
+            except FileExistsError:
+                pass
+            else:
+                while True:  # until the test kills this spooler
+                    time.sleep(1)
+            finally:
+                os.unlink(staging)
+        original(runner, jobs)
+
+    spooler_module.hand_over = hand_over
+
+
+if os.environ.get(PAUSE_AFTER_OUTCOME):
+    _pause_after_outcome(os.environ[PAUSE_AFTER_OUTCOME])
