@@ -9,6 +9,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from spoolkit.sqlite import SQLiteStore
+
+from .standin import StandinUwsgi, install, make_store
 from .support import UWSGI, UwsgiServer, make_app
 
 
@@ -70,3 +73,21 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# -- component tests: a stand-in uwsgi module and a real SQLite store (tests/standin.py) --
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    return tmp_path.resolve() / "spool"
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch, spool_dir: Path) -> StandinUwsgi:
+    return install(monkeypatch, StandinUwsgi(spool_dir, spooler_process=True))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    return make_store(tmp_path)

@@ -15,7 +15,6 @@ import json
 import string
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlencode
@@ -569,16 +568,6 @@ class ApiMachine(RuleBasedStateMachine):
                 assert self.runs(tracked) == tracked.runs_at_cancel, f"{job_id} ran after cancel"
         unfinished = {s: n for s, n in self.counts().items() if s not in FINAL and n}
         assert not unfinished, f"left unfinished: {unfinished}"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwsgiServer]:
-    instance = UwsgiServer(tmp_path_factory.mktemp("stateful"))
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 def test_api_keeps_its_invariants_under_random_traffic(server: UwsgiServer) -> None:

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,16 +22,6 @@ from spoolkit.spoolfile import encode_file
 from .support import UwsgiServer, fill, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwsgiServer]:
-    instance = UwsgiServer(tmp_path_factory.mktemp("reliability"))
-    instance.start()
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 def _jobs(server: UwsgiServer) -> dict[str, dict[str, object]]:

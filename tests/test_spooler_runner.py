@@ -65,21 +65,6 @@ def _forget_calls() -> None:
 
 
 @pytest.fixture
-def spool_dir(tmp_path: Path) -> Path:
-    return tmp_path.resolve() / "spool"
-
-
-@pytest.fixture
-def standin(monkeypatch: pytest.MonkeyPatch, spool_dir: Path) -> StandinUwsgi:
-    return install(monkeypatch, StandinUwsgi(spool_dir, spooler_process=True))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    return make_store(tmp_path)
-
-
-@pytest.fixture
 def runner(tmp_path: Path, standin: StandinUwsgi, store: SQLiteStore) -> SpoolerRunner:
     return make_runner(make_app(tmp_path), store, REG)
 

@@ -23,7 +23,7 @@ from spoolkit.sqlite import SQLiteStore
 from spoolkit.states import JobState
 from spoolkit.worker import Step, Verdict, Worker
 
-from .standin import Calls, insert_job, make_app, make_store
+from .standin import Calls, insert_job, make_app
 
 REG = TaskRegistry()
 CALLS = Calls()
@@ -103,11 +103,6 @@ def _forget_calls() -> None:
 @pytest.fixture
 def app(tmp_path: Path) -> Flask:
     return make_app(tmp_path)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    return make_store(tmp_path)
 
 
 def _worker(app: Flask, store: SQLiteStore, host: FakeHost | None = None, **options: Any) -> Worker:
