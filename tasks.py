@@ -3,9 +3,12 @@
 ``render_audio`` is the classic slow call moved out of a request: it asks a
 (simulated) third-party text-to-speech API for each text, which takes a
 while per item, reports progress, and writes one WAV file whose path is the
-job's result. When it returns, ``render_ready`` is called back with the
-finished job (the question the project started from); if it fails for good,
-``render_failed`` raises the alarm.
+job's result. It runs on the ``slow`` queue, so renders never hold up the
+quick jobs of the ``default`` queue. When it returns, ``render_ready`` is
+called back with the finished job (the question the project started from),
+on the default queue; if it fails for good,
+``render_failed`` raises the alarm. ``clean_old_renders`` is a periodic job:
+every day it deletes the WAV files older than a day.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ log = logging.getLogger("tasks")
 
 SAMPLE_RATE = 8000
 SECONDS_PER_TEXT = 0.4
+#: Rendered files older than this are deleted by ``clean_old_renders``.
+KEEP_RENDERS_SECONDS = 24 * 3600
 
 
 @spool
@@ -53,7 +58,9 @@ def render_failed(job: dict[str, Any]) -> None:
               error.get("type"), error.get("message"))  # fmt: skip
 
 
-@spool(max_attempts=5, backoff=2.0, on_success=render_ready, on_failure=render_failed)
+# On the "slow" queue (uwsgi.ini): a long render never holds up the quick jobs of "default".
+@spool(max_attempts=5, backoff=2.0, on_success=render_ready, on_failure=render_failed,
+       queue="slow")  # fmt: skip
 def render_audio(script_id: str, text_list: list[str]) -> str:
     """Render every text of a script into one WAV file and return the file's path.
 
@@ -87,3 +94,30 @@ def call_speech_api(text: str, delay: float) -> bytes:
         struct.pack("<h", int(12000 * math.sin(2 * math.pi * pitch * i / SAMPLE_RATE)))
         for i in range(count)
     )
+
+
+@spool(cron="15 4 * * *")  # every day at 04:15 UTC; tz="Europe/Paris" would read it there
+def clean_old_renders() -> int:
+    """Delete the rendered WAV files older than a day; return how many.
+
+    A periodic job: the housekeeper queues it once per slot (never twice, even
+    across restarts), and it runs like any job, with retries and a history.
+    """
+    out_dir = current_app.config["RENDER_OUTPUT_DIR"]
+    cutoff = time.time() - KEEP_RENDERS_SECONDS
+    removed = 0
+    try:
+        entries = list(os.scandir(out_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.endswith((".wav", ".wav.part")):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            pass  # removed meanwhile: what we wanted
+    log.info("removed %d rendered files older than a day", removed)
+    return removed

@@ -2,7 +2,7 @@
 
 from .api import accepted, json_http_error
 from .context import current_job
-from .decorator import spool
+from .decorator import periodic, spool
 from .errors import (
     ConfigurationError,
     DecodeError,
@@ -30,6 +30,7 @@ __all__ = [
     # the extension and tasks
     "SpoolKit",
     "spool",
+    "periodic",
     "Task",
     "current_job",
     "Retry",

@@ -9,11 +9,14 @@ from __future__ import annotations
 import errno
 import hmac
 import re
+import time
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
+from flask.blueprints import BlueprintSetupState
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.routing import BaseConverter
 
 from . import runtime
 from .errors import (
@@ -34,10 +37,23 @@ from .states import JobState
 
 blueprint = Blueprint("spoolkit", __name__, url_prefix="/jobs")
 
+
+class JobIdConverter(BaseConverter):
+    """A job id in a URL: one path segment, but not one of the API's own names, so that
+    ``/jobs/periodic`` never reads as a job (``OPTIONS`` advertises no ``DELETE`` there)."""
+
+    regex = r"(?!(?:periodic|openapi\.json)$)[^/]+"
+
+
+@blueprint.record_once
+def _add_job_id_converter(state: BlueprintSetupState) -> None:
+    """Before the routes below: a rule looks its converter up when it is added."""
+    state.app.url_map.converters.setdefault("job_id", JobIdConverter)
+
 #: ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
 LIMIT_PATTERN = re.compile(r"[0-9]{1,7}")
 _OPTIONS = ("at", "countdown", "priority", "max_attempts", "on_success", "on_failure",
-            "callback_url", "timeout")  # fmt: skip
+            "callback_url", "timeout", "queue")  # fmt: skip
 _CREATE_FIELDS = {"task", "args", "kwargs", *_OPTIONS}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -212,7 +228,14 @@ def openapi_document() -> Any:
     return openapi_spec()
 
 
-@blueprint.get("/<job_id>")
+@blueprint.get("/periodic")
+def list_periodic() -> Any:
+    """The periodic schedules: task, expression, tz, next run, last slot fired and its job.
+    ``JobIdConverter`` keeps ``/<job_id>`` from reading "periodic" as an id."""
+    return {"schedules": current_service().periodic.listing(time.time())}
+
+
+@blueprint.get("/<job_id:job_id>")
 def get_job(job_id: str) -> Any:
     try:
         return _job_response(current_service().get(job_id))
@@ -220,7 +243,7 @@ def get_job(job_id: str) -> Any:
         return error(404, f"no job {job_id!r}")
 
 
-@blueprint.delete("/<job_id>")
+@blueprint.delete("/<job_id:job_id>")
 def cancel_job(job_id: str) -> Any:
     try:
         return current_service().cancel(job_id).to_dict()
@@ -230,7 +253,7 @@ def cancel_job(job_id: str) -> Any:
         return error(409, str(exc))
 
 
-@blueprint.post("/<job_id>/retry")
+@blueprint.post("/<job_id:job_id>/retry")
 def retry_job(job_id: str) -> Any:
     try:
         return accepted(current_service().retry(job_id))
@@ -240,7 +263,7 @@ def retry_job(job_id: str) -> Any:
         return error(409, str(exc))
 
 
-@blueprint.post("/<job_id>/abort")
+@blueprint.post("/<job_id:job_id>/abort")
 def abort_job(job_id: str) -> Any:
     """Stop a job: ``202`` with ``abort_requested`` while a running job stops, ``200``
     when a waiting one was cancelled, ``409`` for a finished one."""
@@ -264,4 +287,5 @@ def health() -> Any:
     token = service.config.api_token
     if not (token and authorized(token)):
         report.pop("spool_dir", None)
+        report.pop("spool_dirs", None)
     return report, 200 if healthy else 503

@@ -44,6 +44,7 @@ from .config import Config
 from .encoding import encode_arguments
 from .errors import ConfigurationError
 from .job import Job, new_job_id
+from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
 from .retry import GiveUp, Retry, RetryPolicy
 from .schedule import validate_priority
@@ -131,11 +132,13 @@ class Compat:
         config: Config,
         store: Store,
         registry: TaskRegistry,
-        directory: SpoolDirectory,
+        directories: Mapping[str, SpoolDirectory],
     ) -> None:
         self.app = app
         self.store = store
-        self.directory = directory
+        #: Each queue's spool directory: a message's ``spooler`` names one of them.
+        self.directories = directories
+        self.directory = directories[DEFAULT_QUEUE]
         self.max_attempts = config.compat_max_attempts
         self._adapters: dict[str, Task[Any, Any]] = {}
         registry.add_provider(self.provide)
@@ -163,7 +166,7 @@ class Compat:
 
     def _path_of(self, job: Job) -> str:
         relative = job.spool_file or spool_file_name(job.id, job.created_at)
-        return self.directory.absolute(relative)
+        return self.directories.get(job.queue, self.directory).absolute(relative)
 
     def identify(self, raw: Message) -> tuple[str, str, RetryPolicy]:
         """Which library wrote ``raw``, its task's name, and the attempts it gets."""
@@ -203,12 +206,16 @@ class Compat:
         if b"priority" in raw:
             options["priority"] = validate_priority(int(raw[b"priority"]))
         if b"spooler" in raw:
+            # uWSGI's way to pick a spooler directory: the kit's queue of that directory.
             wanted = os.path.realpath(os.fsdecode(raw[b"spooler"]))
-            if wanted != self.directory.path:
+            queues = [q for q, spool in self.directories.items() if spool.path == wanted]
+            if not queues:
                 raise ConfigurationError(
-                    f"spooler={os.fsdecode(raw[b'spooler'])!r}: the kit serves only its spool "
-                    "directory; leave 'spooler' out"
+                    f"spooler={os.fsdecode(raw[b'spooler'])!r} is none of the kit's spool "
+                    f"directories ({', '.join(sorted(self.directories))} queues); leave "
+                    "'spooler' out, or name one of those directories"
                 )
+            options["queue"] = queues[0]
         return options
 
     def mule_msg(self, message: bytes, *target: Any) -> Any:
@@ -284,13 +291,18 @@ class Compat:
         """``@spoolforever``: the run succeeded and asked to run again; a new job does."""
         _, name, policy = self.identify(message)
         call = Call(name, _payload(origin, message), policy, origin=origin)
-        app_enqueuer().enqueue(call, countdown=FOREVER_PAUSE)
+        # In the same queue: the one its message's ``spooler`` named, if it named one.
+        kept = self._options({k: v for k, v in message.items() if k == b"spooler"})
+        app_enqueuer().enqueue(call, countdown=FOREVER_PAUSE, queue=kept.get("queue"))
 
     # -- files written before the kit --------------------------------------------------------
 
-    def adopt(self, spool: Mapping[Any, Any], delivery: str, now: float) -> Job | None:
+    def adopt(
+        self, spool: Mapping[Any, Any], delivery: str, now: float, queue: str = DEFAULT_QUEUE
+    ) -> Job | None:
         """Record a job for a library's spool file written without the kit; ``None`` if
-        it is no library's. The file runs under its own name (``delivery``)."""
+        it is no library's. The file runs under its own name (``delivery``), in the queue
+        whose directory it was found in."""
         raw: Message = {
             _bytes(key): _bytes(value)
             for key, value in spool.items()
@@ -309,7 +321,8 @@ class Compat:
         job = self.store.insert(
             NewJob(id=new_job_id(), task=name, payload=_payload(origin, raw),
                    max_attempts=policy.max_attempts, backoff=policy.backoff, priority=None,
-                   created_at=now, run_at=None, spool_file=delivery, origin=origin)
+                   created_at=now, run_at=None, spool_file=delivery, origin=origin,
+                   queue=queue)
         )  # fmt: skip
         log.warning("spool file %s, written by %s before the kit, adopted as job %s (%s)",
                     delivery, origin, job.id, name)  # fmt: skip

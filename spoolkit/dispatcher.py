@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -102,14 +102,16 @@ class _KeepsDispatcher(ModuleType):
         super().__setattr__(name, value)
 
 
-def install(handler: SpoolHandler) -> None:
-    """Make the kit's dispatcher ``uwsgi.spooler`` and route ``handler``'s directory to it."""
+def install(handler: SpoolHandler, paths: Iterable[str] = ()) -> None:
+    """Make the kit's dispatcher ``uwsgi.spooler`` and route ``handler``'s directory to it,
+    or each of ``paths`` (a runner serving several queues, one directory each)."""
     uwsgi = uwsgi_module()
     if uwsgi is None:
         return
     current = getattr(uwsgi, "spooler", None)
     dispatcher = current if isinstance(current, Dispatcher) else Dispatcher()
-    dispatcher.handlers[handler.spool_path] = handler
+    for path in paths or [handler.spool_path]:
+        dispatcher.handlers[path] = handler
     setattr(uwsgi, "spooler", dispatcher)  # noqa: B010 - a C module attribute uWSGI reads
     if type(uwsgi) is ModuleType:
         uwsgi.__class__ = _KeepsDispatcher

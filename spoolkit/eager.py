@@ -13,6 +13,7 @@ from .config import Config
 from .encoding import decode_arguments
 from .followups import FollowUps
 from .job import Job
+from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
 from .runner import Deferred, Handoff, hand_over
 from .runtime import ProcessHost
@@ -33,6 +34,9 @@ class EagerRunner:
     runs_inline = True
     priority_unsupported = None  # accepted, meaningless when jobs run at once
     parking = Parking()
+    #: No directories outside uWSGI: a job's queue is recorded, and every queue name
+    #: is accepted (each job runs inline whatever its queue).
+    queues = None
 
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
         self.host = ProcessHost()
@@ -52,6 +56,8 @@ class EagerRunner:
         payload: str,
         run_at: float | None,
         priority: int | None,
+        *,
+        queue: str = DEFAULT_QUEUE,
     ) -> Handoff:
         """Run the job at ``commit``, once its row exists."""
         return Deferred(lambda: self._run(job_id, task, payload))

@@ -16,6 +16,7 @@ from dataclasses import replace
 from .config import Config
 from .encoding import encode_arguments
 from .job import Job, new_job_id
+from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
 from .states import JobState
 from .store import NewJob
@@ -64,7 +65,7 @@ class Collector:
                     max_attempts=task.policy.max_attempts, backoff=task.policy.backoff,
                     priority=job.priority, created_at=now, run_at=None,
                     spool_file=self.follow_ups.name_delivery(job_id, job.priority, now),
-                    parent_id=job.id,
+                    parent_id=job.id, queue=task.queue or DEFAULT_QUEUE,
                 )
             )  # fmt: skip
         self.made = made

@@ -13,7 +13,8 @@ housekeeper runs in a mule (``mule = spoolkit.mule:run`` in uwsgi.ini) and
   scheduled job whose file is gone, queues again a running job whose runner
   is dead and whose file is gone (when the file is still there, its
   spooler's next scan handles it);
-* deletes finished jobs older than ``SPOOLKIT_RESULT_TTL``.
+* deletes finished jobs older than ``SPOOLKIT_RESULT_TTL``;
+* every half second, fires the periodic schedules' due slots (firing.py).
 
 A pass looks at a bounded number of jobs, continuing where the last one
 stopped, so a backlog of 100,000 jobs costs each pass the same as one of
@@ -23,15 +24,17 @@ a second housekeeper racing it cannot make a job run twice from two files.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 
 from .config import Config
+from .firing import PeriodicJobs
 from .job import Job
 from .runner import Runner
 from .states import WAITING, JobState
-from .store import HOUSEKEEPER_BEAT, Store
+from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, Store
 
 log = logging.getLogger("spoolkit.housekeeping")
 
@@ -54,10 +57,13 @@ class Report:
 
 
 class Housekeeper:
-    def __init__(self, store: Store, runner: Runner, config: Config) -> None:
+    def __init__(
+        self, store: Store, runner: Runner, config: Config, periodic: PeriodicJobs | None = None
+    ) -> None:
         self.store = store
         self.runner = runner
         self.config = config
+        self.periodic = periodic
         self._cursor = ""
 
     def run_once(self, now: float | None = None, limit: int | None = PASS_LIMIT) -> Report:
@@ -80,6 +86,7 @@ class Housekeeper:
         if self.config.result_ttl > 0:
             while purged := store.purge(now - self.config.result_ttl):
                 report.purged += purged
+        self.record_spoolers(now)
         store.set_meta(HOUSEKEEPER_BEAT, repr(now))
         return report
 
@@ -142,6 +149,19 @@ class Housekeeper:
                             job.runner_pid)  # fmt: skip
         return killed
 
+    def record_spoolers(self, now: float) -> None:
+        """Note the spoolers alive per queue in the store, where ``flask spoolkit queues``
+        (a process outside uWSGI, which cannot count them) reads them."""
+        _, health = self.runner.health()
+        queues = health.get("queues")
+        if queues:
+            seen = {name: entry["spoolers_alive"] for name, entry in queues.items()}
+            self.store.set_meta(SPOOLERS_SEEN, json.dumps({"at": now, "queues": seen}))
+
+    def fire_due(self, now: float) -> int:
+        """Queue a job for each periodic schedule's due slot, at most once per slot."""
+        return self.periodic.fire_due(now) if self.periodic is not None else 0
+
     def run_forever(self) -> None:
         interval = self.config.housekeeping_interval
         log.info("housekeeper started: parked jobs every %.1fs, housekeeping every %.1fs",
@@ -153,6 +173,7 @@ class Housekeeper:
                 self.runner.maintain(now)
                 self.stop_aborted(now)
                 self.spool_due(now)
+                self.fire_due(now)
                 self.store.checkpoint()
                 if now >= next_pass:
                     report = self.run_once(now, limit)

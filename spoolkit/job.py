@@ -6,6 +6,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from .queues import DEFAULT_QUEUE
 from .schedule import isoformat
 from .states import JobState
 
@@ -92,6 +93,8 @@ class Job:
     runner_pid: int | None
     #: "spoolkit", "uwsgidecorators" or "uwsgi-tasks": whose spool call queued it.
     origin: str = "spoolkit"
+    #: The queue (spooler directory) that runs it; kept through retries and re-spooling.
+    queue: str = DEFAULT_QUEUE
     #: The job whose outcome queued this one (a callback or a webhook delivery).
     parent_id: str | None = None
     on_success: str | None = None
@@ -100,6 +103,8 @@ class Job:
     #: Seconds an attempt may run before ``JobTimeout`` (``None``: no limit but harakiri).
     timeout: float | None = None
     abort_requested: bool = False
+    #: The slot a periodic schedule fired this job for (unix seconds), else ``None``.
+    periodic_slot: float | None = None
     #: Jobs queued by this one's outcome (callbacks, webhook deliveries): ids.
     callbacks: tuple[str, ...] = ()
     history: tuple[Attempt, ...] = ()
@@ -116,6 +121,7 @@ class Job:
             "id": self.id,
             "task": self.task,
             "origin": self.origin,
+            "queue": self.queue,
             "state": self.state.value,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
@@ -134,6 +140,7 @@ class Job:
             "callback_url": self.callback_url,
             "timeout": self.timeout,
             "abort_requested": self.abort_requested,
+            "periodic_slot": isoformat(self.periodic_slot),
         }
         if with_result:
             shown["history"] = [attempt.to_dict() for attempt in self.history]

@@ -6,7 +6,8 @@ missing from this table, and on ``uwsgi`` imported outside the runners.
 
     surface   extension api openapi cli mule   the Flask extension, HTTP, CLI, uWSGI mule
        |
-    service   service housekeeping             queue/read/cancel/retry; recover lost jobs
+    service   service housekeeping firing      queue/read/cancel/retry; recover lost jobs;
+                                               fire periodic jobs
        |
     runners   runner spooler dispatcher compat how jobs reach a process: uWSGI spoolers,
               spoolfile runtime local eager    threads, inline (the only code importing uwsgi);
@@ -21,7 +22,8 @@ missing from this table, and on ``uwsgi`` imported outside the runners.
               webhook                          spoolkit.webhook task
        |
     values    errors states job retry          plain values and rules, no I/O
-              schedule encoding lifecycle config
+              schedule encoding lifecycle      (recurrence: where periodic slots fall)
+              config recurrence queues         (queues: queue names)
 
 A new runner is a module in ``runners`` implementing ``runner.Runner``; a
 new store is a module in ``store`` implementing ``store.Store``.
@@ -31,13 +33,13 @@ from __future__ import annotations
 
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("values", frozenset({"errors", "states", "job", "retry", "schedule", "encoding",
-                          "lifecycle", "config", "layers"})),
+                          "lifecycle", "config", "layers", "recurrence", "queues"})),
     ("tasks", frozenset({"task", "decorator", "registry", "context", "webhook"})),
     ("store", frozenset({"store", "sqlite"})),
     ("worker", frozenset({"worker", "followups"})),
     ("runners", frozenset({"runner", "spooler", "dispatcher", "spoolfile", "runtime", "local",
                            "eager", "compat"})),
-    ("service", frozenset({"service", "housekeeping"})),
+    ("service", frozenset({"service", "housekeeping", "firing"})),
     ("surface", frozenset({"extension", "api", "openapi", "cli", "mule", "__init__"})),
 )  # fmt: skip
 

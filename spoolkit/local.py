@@ -23,6 +23,7 @@ from .config import Config
 from .encoding import decode_arguments
 from .followups import FollowUps
 from .job import Job
+from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
 from .runner import Deferred, Handoff, hand_over
 from .runtime import ProcessHost, runner_alive
@@ -64,6 +65,9 @@ class LocalRunner:
     runs_inline = False
     priority_unsupported = None  # priorities order the in-memory queue
     parking = Parking()
+    #: No directories outside uWSGI: a job's queue is recorded, and every queue name
+    #: is accepted (the same threads run them all).
+    queues = None
 
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
         self.workers = config.local_workers
@@ -93,6 +97,8 @@ class LocalRunner:
         payload: str,
         run_at: float | None,
         priority: int | None,
+        *,
+        queue: str = DEFAULT_QUEUE,
     ) -> Handoff:
         """Nothing can fail for want of space here: queue it in memory at ``commit``."""
         args, kwargs = decode_arguments(payload)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .job import ATTEMPT_OUTCOMES
+from .queues import QUEUE_PATTERN
 from .retry import MAX_ATTEMPTS_LIMIT
 from .schedule import MAX_PRIORITY, MIN_PRIORITY
 from .states import JobState
@@ -57,6 +58,7 @@ SCHEMAS: dict[str, Any] = {
             "id",
             "task",
             "origin",
+            "queue",
             "state",
             "attempts",
             "max_attempts",
@@ -77,6 +79,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "who queued it: a @spoolkit.spool task, or a spool call of "
                 "uwsgidecorators or uwsgi-tasks that the kit took over",
             },
+            "queue": {"type": "string", "description": "the queue (spooler directory) it runs in"},
             "state": {"type": "string", "enum": [state.value for state in JobState]},
             "attempts": {"type": "integer", "minimum": 0},
             "max_attempts": {"type": "integer", "minimum": 1},
@@ -122,6 +125,13 @@ SCHEMAS: dict[str, Any] = {
             "callback_url": _nullable({"type": "string"}),
             "timeout": _nullable({"type": "number"}),
             "abort_requested": {"type": "boolean"},
+            "periodic_slot": _nullable(
+                {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "the slot a periodic schedule fired this job for",
+                }
+            ),
             "history": {
                 "type": "array",
                 "description": "one entry per attempt, oldest first, the last 50 (not in lists)",
@@ -147,6 +157,34 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Schedule": {
+        "type": "object",
+        "required": [
+            "name",
+            "task",
+            "expression",
+            "tz",
+            "misfire_grace",
+            "next_run",
+            "last_slot",
+            "last_job",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "task": {"type": "string"},
+            "expression": {
+                "type": "string",
+                "description": 'a cron expression, or "every N s"',
+            },
+            "tz": {"type": "string", "description": "the IANA time zone cron is read in"},
+            "misfire_grace": {"type": "number"},
+            "next_run": _nullable({"type": "string", "format": "date-time"}),
+            "last_slot": _nullable(
+                {"type": "string", "format": "date-time", "description": "the last slot fired"}
+            ),
+            "last_job": _nullable({"type": "string", "description": "the job it fired"}),
+        },
+    },
     "NewJob": {
         "type": "object",
         "required": ["task"],
@@ -170,6 +208,12 @@ SCHEMAS: dict[str, Any] = {
                 "(needs SPOOLKIT_WEBHOOK_SECRET)",
             },
             "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+            "queue": {
+                "type": "string",
+                "pattern": f"^{QUEUE_PATTERN.pattern}$",
+                "description": "a queue uwsgi.ini declares (422 otherwise); default: the "
+                "task's own, else 'default'",
+            },
         },
     },
 }
@@ -216,6 +260,10 @@ def openapi_spec() -> dict[str, Any]:
                         "content": _json({"$ref": "#/components/schemas/NewJob"}),
                     },
                     "responses": {
+                        "200": _accepted(
+                            "the job already recorded under this Idempotency-Key, finished "
+                            "(Idempotent-Replayed: true)"
+                        ),
                         "202": _accepted("queued (or scheduled); poll Location"),
                         "400": _error("the body is not valid JSON"),
                         "401": _UNAUTHORIZED,
@@ -325,6 +373,31 @@ def openapi_spec() -> dict[str, Any]:
                         "404": _error("no such job"),
                         "409": _error("already finished"),
                         "503": _SPOOL_ERROR,
+                    },
+                },
+            },
+            "/jobs/periodic": {
+                "get": {
+                    "operationId": "listPeriodic",
+                    "security": secured,
+                    "responses": {
+                        "200": {
+                            "description": "the periodic schedules, by name",
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["schedules"],
+                                    "properties": {
+                                        "schedules": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Schedule"},
+                                        }
+                                    },
+                                }
+                            ),
+                        },
+                        "401": _UNAUTHORIZED,
+                        "503": _UNAVAILABLE,
                     },
                 },
             },

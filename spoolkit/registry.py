@@ -14,6 +14,7 @@ from typing import Any
 
 from .encoding import TASK_NAME_PATTERN
 from .errors import DuplicateTaskError, TaskNotFound
+from .recurrence import Schedules
 from .task import Task
 
 log = logging.getLogger("spoolkit.registry")
@@ -34,6 +35,8 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._providers: list[Callable[[str], Task[Any, Any] | None]] = []
+        #: Periodic schedules declared with ``@spool(cron=/every=)`` or ``periodic()``.
+        self.schedules = Schedules()
 
     def add_provider(self, provide: Callable[[str], Task[Any, Any] | None]) -> None:
         """Ask ``provide(name)`` for names not registered here: how tasks declared with

@@ -14,10 +14,11 @@ implements this protocol and is chosen in ``extension.choose_runner``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from .job import Job
+from .queues import DEFAULT_QUEUE
 from .schedule import Parking
 from .store import NewJob
 from .worker import Host
@@ -55,7 +56,7 @@ def hand_over(runner: Runner, jobs: Sequence[NewJob]) -> None:
     runner; a crash before it leaves rows the housekeeper spools."""
     for new in jobs:
         runner.stage(new.id, new.task, new.spool_file, new.payload, new.run_at,
-                     new.priority).commit()  # fmt: skip
+                     new.priority, queue=new.queue).commit()  # fmt: skip
 
 
 class Runner(Protocol):
@@ -89,6 +90,12 @@ class Runner(Protocol):
         """The processes jobs run in: instance id, liveness, time limit."""
         ...
 
+    @property
+    def queues(self) -> Collection[str] | None:
+        """The queues jobs can be sent to (uWSGI: one per spooler directory), or
+        ``None`` when any queue name is accepted (runners without directories)."""
+        ...
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         """Name the delivery of a new job (recorded in the row before ``submit``)."""
         ...
@@ -101,16 +108,20 @@ class Runner(Protocol):
         payload: str,
         run_at: float | None,
         priority: int | None,
+        *,
+        queue: str = DEFAULT_QUEUE,
     ) -> Handoff:
         """Hand a job over in two steps around recording its row: what can fail for
         want of space (writing a spool file) happens here, before the row exists
         (``SpoolWriteError``: nothing is recorded), and nothing runs until
-        ``commit()``. So a job is either recorded and runs, or neither."""
+        ``commit()``. So a job is either recorded and runs, or neither. ``queue``
+        (one of ``queues``) says which of the runner's queues gets it."""
         ...
 
     def submit(self, job: Job, payload: str) -> None:
         """Hand over a job whose row already names ``job.spool_file`` (the housekeeper's
-        recovery); ``SpoolWriteError`` if that failed (the next pass tries again)."""
+        recovery), to its queue, ``job.queue``; ``SpoolWriteError`` if that failed (the
+        next pass tries again)."""
         ...
 
     def release(self, job: Job) -> None:

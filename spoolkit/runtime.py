@@ -16,11 +16,12 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import ModuleType
 
 from .errors import ConfigurationError, JobTimeout
+from .queues import DEFAULT_QUEUE, validate_queue
 
 try:
     import uwsgi  # only exists inside a uWSGI server
@@ -82,9 +83,48 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def publish_spoolers(directory: str) -> None:
-    """Write this instance's spooler pids into the spool directory (if they changed)."""
-    spoolers = sorted((pid, process_start(pid)) for pid in spooler_pids())
+def spooler_cwd(pid: int) -> str | None:
+    """A spooler's working directory, resolved (``None`` if it cannot be read).
+
+    ``uwsgi.spooler_pids()`` does not say which directory a spooler serves;
+    a spooler changes into its directory before every scan (into a priority
+    subdirectory while it runs a job from one), so its working directory does
+    (``/proc/<pid>/cwd``, readable by the same user, already free of symlinks).
+    """
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
+def spool_directory_of(cwd: str | None, directories: Collection[str]) -> str | None:
+    """The one of ``directories`` that ``cwd`` is, or is a priority subdirectory of."""
+    if cwd is None:
+        return None
+    if cwd in directories:
+        return cwd
+    parent = os.path.dirname(cwd)
+    return parent if os.path.basename(cwd).isdigit() and parent in directories else None
+
+
+def spoolers_of(directory: str, directories: Collection[str] = ()) -> list[int]:
+    """This instance's spoolers that may serve ``directory``: all but those seen serving
+    another of ``directories`` (the other queues'); one whose working directory is
+    none of them (just forked, or moved by a task) counts for every directory."""
+    known = {directory, *directories}
+    return [
+        pid
+        for pid in spooler_pids()
+        if spool_directory_of(spooler_cwd(pid), known) in (None, directory)
+    ]
+
+
+def publish_spoolers(directory: str, directories: Collection[str] = ()) -> None:
+    """Write the pids of this instance's spoolers of ``directory`` into it (if they changed).
+    With none (another instance serves that queue), what that instance wrote stays."""
+    spoolers = sorted((pid, process_start(pid)) for pid in spoolers_of(directory, directories))
+    if not spoolers:
+        return
     path = os.path.join(directory, SPOOLERS_FILE)
     content = json.dumps({"spoolers": spoolers})
     with contextlib.suppress(FileNotFoundError):
@@ -116,7 +156,11 @@ class SpoolerWaker:
     write the spool directory) can at worst make a uWSGI process log stats.
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, directories: Collection[str] = ()) -> None:
+        #: The spool directory whose spoolers it wakes, and the other queues' (whose
+        #: spoolers it leaves asleep).
+        self.directory = os.path.realpath(directory)
+        self.directories = tuple(os.path.realpath(other) for other in directories)
         self.path = os.path.join(directory, SPOOLERS_FILE)
         self._published: tuple[int, list[int]] = (-1, [])
 
@@ -139,15 +183,16 @@ class SpoolerWaker:
         return self._published[1]
 
     def __call__(self) -> None:
-        for pid in {*spooler_pids(), *self.published()}:
+        for pid in {*spoolers_of(self.directory, self.directories), *self.published()}:
             # A pid that is gone is being respawned: the new spooler scans at start.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGUSR1)
 
 
 def spooler_directory() -> str:
-    """The first ``spooler`` directory configured in uwsgi.ini (or, in an instance
-    that only produces jobs for another one, its ``spooler-external``), absolute."""
+    """The ``spooler`` directory configured in uwsgi.ini (or, in an instance that only
+    produces jobs for another one, its ``spooler-external``), absolute. With several
+    ``spooler`` lines, ``uwsgi.opt`` holds only the last: see ``spooler_queues``."""
     server = uwsgi_module()
     if server is None:
         raise ConfigurationError("not running under uWSGI")
@@ -162,6 +207,45 @@ def spooler_directory() -> str:
         )
     path = value.decode() if isinstance(value, bytes) else str(value)
     return os.path.abspath(path)
+
+
+#: uwsgi.ini names a queue's directory with ``set-placeholder = spoolkit-queue-<name>=<dir>``.
+QUEUE_PLACEHOLDER = "spoolkit-queue-"
+
+
+def spooler_queues() -> dict[str, str]:
+    """Queue name -> absolute spooler directory, as uwsgi.ini declares them.
+
+    uWSGI's Python plugin keeps only the last value of a repeated option in
+    ``uwsgi.opt`` (on Python 3 its "already there?" check looks the key up as
+    bytes, so each ``spooler`` line replaces the one before), so the
+    directories cannot be read from the ``spooler`` lines. Each queue is
+    declared by a placeholder of its own instead, which the ``spooler`` line
+    then uses. Without any, the one ``spooler`` directory is the ``default`` queue.
+    """
+    server = uwsgi_module()
+    if server is None:
+        raise ConfigurationError("not running under uWSGI")
+    queues: dict[str, str] = {}
+    for key, value in server.opt.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if not name.startswith(QUEUE_PLACEHOLDER):
+            continue
+        queue = validate_queue(name[len(QUEUE_PLACEHOLDER) :])
+        path = (value[-1] if value else None) if isinstance(value, list) else value
+        if not path or path is True:
+            raise ConfigurationError(f"uwsgi.ini: {name} names no directory")
+        queues[queue] = os.path.realpath(os.fsdecode(path))
+    if not queues:
+        return {DEFAULT_QUEUE: spooler_directory()}
+    if DEFAULT_QUEUE not in queues:
+        raise ConfigurationError(
+            f"uwsgi.ini declares the queues {', '.join(sorted(queues))} but none named "
+            f"{DEFAULT_QUEUE!r}, where jobs go unless told otherwise: add "
+            f"'set-placeholder = {QUEUE_PLACEHOLDER}{DEFAULT_QUEUE}=<directory>' and a "
+            "'spooler' line for it"
+        )
+    return queues
 
 
 def uwsgi_option(name: str) -> str | None:

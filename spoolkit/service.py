@@ -9,6 +9,7 @@ runner; it never asks which runner it has.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -20,14 +21,16 @@ from flask import Flask, current_app, has_app_context
 
 from .config import Config
 from .errors import ConfigurationError, InvalidSchedule, JobNotFound, StoreUnavailable
+from .firing import PeriodicJobs
 from .followups import FollowUps
 from .job import Job, new_job_id
+from .queues import DEFAULT_QUEUE, check_configured, validate_queue
 from .registry import TaskRegistry
 from .retry import RetryPolicy
 from .runner import Runner, hand_over
 from .schedule import resolve_run_at, validate_priority
 from .states import JobState
-from .store import HOUSEKEEPER_BEAT, NewJob, Store
+from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
 from .task import EXTENSION_KEY, Call
 
 log = logging.getLogger("spoolkit")
@@ -83,6 +86,8 @@ class JobService:
         self.store = store
         self.runner = runner
         self.follow_ups = FollowUps(registry, config, runner.delivery_for)
+        #: The periodic schedules, checked now: ConfigurationError stops the start-up.
+        self.periodic = PeriodicJobs(registry, store, runner)
 
     # -- queueing ------------------------------------------------------------------
 
@@ -99,10 +104,12 @@ class JobService:
         callback_url: object = None,
         key: object = None,
         timeout: object = None,
+        queue: object = None,
     ) -> Job:
         """Validate the options, record, then hand to the runner. Raises before
         anything is stored. With ``key`` (an idempotency key), a job recorded under
-        it before comes back instead (``job.replayed``)."""
+        it before comes back instead (``job.replayed``). ``queue`` (else the task's,
+        else ``default``) must be one of the runner's queues (``ConfigurationError``)."""
         now = time.time()
         success = self._callback_task(on_success, call.on_success, "on_success")
         failure = self._callback_task(on_failure, call.on_failure, "on_failure")
@@ -111,6 +118,7 @@ class JobService:
         limit = check_timeout(call.timeout if timeout is None else timeout)
         run_at = None if self.runner.runs_inline else resolve_run_at(at, countdown, now)
         checked_priority = validate_priority(priority)
+        checked_queue = self._queue(call.queue if queue is None else queue)
         if checked_priority is not None and self.runner.priority_unsupported:
             raise ConfigurationError(self.runner.priority_unsupported)
         policy = call.policy
@@ -125,8 +133,9 @@ class JobService:
         # The spool file first, not yet due: a full disk refuses the job before
         # anything is recorded, and nothing runs before the row exists.
         handoff = self.runner.stage(
-            job_id, call.task, delivery, call.payload, run_at, checked_priority
-        )
+            job_id, call.task, delivery, call.payload, run_at, checked_priority,
+            queue=checked_queue,
+        )  # fmt: skip
         try:
             job = self.store.insert(
                 NewJob(
@@ -147,6 +156,7 @@ class JobService:
                     idempotency_key=checked_key,
                     idempotency_hash=call_hash(call) if checked_key else None,
                     idempotency_ttl=self.config.idempotency_ttl,
+                    queue=checked_queue,
                 )
             )
         except BaseException:
@@ -170,7 +180,13 @@ class JobService:
         name = getattr(chosen, "name", chosen)
         if not isinstance(name, str) or name not in self.registry:
             raise ConfigurationError(f"{option}={chosen!r} is not a registered task")
+        self._queue(self.registry.get(name).queue)  # its jobs go to its own queue
         return name
+
+    def _queue(self, queue: object) -> str:
+        """A queue the runner has (``None``: the default one), else ``ConfigurationError``."""
+        name = DEFAULT_QUEUE if queue is None else validate_queue(queue)
+        return check_configured(name, self.runner.queues)
 
     def _callback_url(self, url: object) -> str | None:
         if url is None:
@@ -246,8 +262,9 @@ class JobService:
         current = self.get(job_id)
         delivery = self.runner.delivery_for(job_id, current.priority, now)
         handoff = self.runner.stage(
-            job_id, current.task, delivery, self.store.payload(job_id), None, current.priority
-        )
+            job_id, current.task, delivery, self.store.payload(job_id), None, current.priority,
+            queue=current.queue,
+        )  # fmt: skip
         try:
             job = self.store.restart(job_id, delivery, now)
         except BaseException:
@@ -257,18 +274,63 @@ class JobService:
         log.info("job %s queued again by request (was %s)", job.id, current.state.value)
         return job
 
+    def queue_report(
+        self, now: float, spoolers: Mapping[str, int] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Per queue: ready, scheduled and running jobs, the age of the oldest ready job
+        (seconds) and the spoolers alive, for ``/healthz`` and ``flask spoolkit queues``.
+
+        ``spoolers`` are the runner's own figures (under uWSGI); without them, the ones
+        the housekeeping mule last recorded in the store if they are recent (a CLI run
+        outside uWSGI), else ``None``."""
+        if spoolers is None:
+            spoolers = self.recorded_spoolers(now)
+        counts = self.store.queue_counts(now)
+        names = {DEFAULT_QUEUE, *counts, *(self.runner.queues or ()), *(spoolers or {})}
+        report = {}
+        for name in sorted(names):
+            found = counts.get(name, QueueCounts())
+            oldest = found.oldest_ready
+            report[name] = {
+                "ready": found.ready,
+                "scheduled": found.scheduled,
+                "running": found.running,
+                "oldest_ready_age": None if oldest is None else round(max(0.0, now - oldest), 1),
+                "spoolers_alive": None if spoolers is None else spoolers.get(name, 0),
+            }
+        return report
+
+    def recorded_spoolers(self, now: float) -> dict[str, int] | None:
+        """Spoolers alive per queue as the housekeeper last recorded them, if that was
+        recently (as ``health`` judges the housekeeper late)."""
+        recorded = self.store.get_meta(SPOOLERS_SEEN)
+        if not recorded:
+            return None
+        seen = json.loads(recorded)
+        if now - float(seen["at"]) > max(30.0, 3 * self.config.housekeeping_interval):
+            return None
+        return {str(queue): int(count) for queue, count in seen["queues"].items()}
+
     def health(self) -> tuple[bool, dict[str, Any]]:
+        now = time.time()
         report: dict[str, Any] = {"mode": self.runner.name}
         healthy = True
+        queues: dict[str, dict[str, Any]] | None = None
+        runner_ok, runner_report = self.runner.health()
+        runner_queues: dict[str, dict[str, Any]] = runner_report.get("queues", {})
         try:
             self.store.check()
             report["jobs"] = self.store.counts()
+            live = {name: entry["spoolers_alive"] for name, entry in runner_queues.items()}
+            queues = self.queue_report(now, live or None)
             report["store"] = "ok"
         except StoreUnavailable as exc:
             report["store"] = f"unavailable: {exc}"
             healthy = False
-        runner_ok, runner_report = self.runner.health()
         report.update(runner_report)
+        if queues is not None:
+            report["queues"] = {name: {**figures, **runner_queues.get(name, {})}
+                                for name, figures in queues.items()}  # fmt: skip
         healthy = healthy and runner_ok
         if self.runner.housekept and healthy:
             beat = self.store.get_meta(HOUSEKEEPER_BEAT)

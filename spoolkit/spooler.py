@@ -26,6 +26,7 @@ from .errors import DecodeError
 from .followups import FollowUps
 from .job import Job
 from .local import is_local_delivery, local_delivery_alive
+from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
 from .runner import Deferred, Handoff, hand_over
 from .schedule import Parking, spool_mtime
@@ -70,10 +71,19 @@ class SpoolerRunner:
     runs_inline = False
 
     def __init__(self, app: Flask, config: Config, store: Store, registry: TaskRegistry) -> None:
-        path = runtime.spooler_directory()
-        self.waker = runtime.SpoolerWaker(path)
-        self.directory = SpoolDirectory(path, wake=self.waker)
-        self.directory.prepare()
+        #: Each queue's spool directory (uwsgi.ini declares them; see ``runtime.spooler_queues``).
+        self.directories: dict[str, SpoolDirectory] = {}
+        self.wakers: dict[str, runtime.SpoolerWaker] = {}
+        paths = runtime.spooler_queues()
+        for queue, path in paths.items():
+            self.wakers[queue] = runtime.SpoolerWaker(path, paths.values())
+            self.directories[queue] = SpoolDirectory(path, wake=self.wakers[queue])
+            self.directories[queue].prepare()
+        self.queues = tuple(self.directories)
+        #: The default queue's directory and waker.
+        self.directory = self.directories[DEFAULT_QUEUE]
+        self.waker = self.wakers[DEFAULT_QUEUE]
+        self._strays: set[str] = set()
         self.ordered = (runtime.uwsgi_option("spooler-ordered") or "").lower() in _TRUE
         self.priority_unsupported = None if self.ordered else (
             "priority needs 'spooler-ordered = true' in uwsgi.ini: without it uWSGI "
@@ -91,7 +101,7 @@ class SpoolerRunner:
         self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking,
                                         follow_ups)  # fmt: skip
         self._reniced_pid: int | None = None
-        self.compat = Compat(app, config, store, registry, self.directory)
+        self.compat = Compat(app, config, store, registry, self.directories)
         self.store = store
         if runtime.in_master_before_fork() and runtime.uwsgi_option("spooler"):
             # After a crash of the machine, files can be torn; uWSGI handles
@@ -99,7 +109,7 @@ class SpoolerRunner:
             # before any spooler scans. Their jobs are spooled again from the
             # store by the housekeeper.
             self.spooled_files(time.time(), check_all=True)
-        dispatcher.install(self)
+        dispatcher.install(self, self.spool_paths)
         server = runtime.uwsgi_module()
         if server is not None:
             self.compat.install(server)
@@ -107,6 +117,28 @@ class SpoolerRunner:
     @property
     def spool_path(self) -> str:
         return self.directory.path
+
+    @property
+    def spool_paths(self) -> list[str]:
+        """Every queue's spool directory."""
+        return [directory.path for directory in self.directories.values()]
+
+    def _directory(self, queue: str) -> SpoolDirectory:
+        """The queue's directory; a queue no longer declared in uwsgi.ini runs in the
+        default one (its jobs would wait forever otherwise), said once in the log."""
+        found = self.directories.get(queue)
+        if found is not None:
+            return found
+        if queue not in self._strays:
+            self._strays.add(queue)
+            log.error("queue %r is not declared in uwsgi.ini (any more); its jobs run in the "
+                      "default queue", queue)  # fmt: skip
+        return self.directory
+
+    def _queue_serving(self, directory: str | None) -> str | None:
+        """The queue whose spool directory, or a priority subdirectory of it, is ``directory``."""
+        found = runtime.spool_directory_of(directory, self.spool_paths)
+        return next((q for q, spool in self.directories.items() if spool.path == found), None)
 
     # -- queueing -------------------------------------------------------------------
 
@@ -121,34 +153,38 @@ class SpoolerRunner:
         payload: str,
         run_at: float | None,
         priority: int | None,
+        *,
+        queue: str = DEFAULT_QUEUE,
     ) -> Handoff:
-        """Write the job's file now, not due for ``hold`` seconds (or until its own
-        time, if later); ``commit`` makes it due and wakes the spoolers, ``abort``
-        removes it. A web worker that dies in between leaves a file that runs when
-        the hold ends; a row that took longer than the hold finds its file
-        quarantined by a spooler (no job yet) and the housekeeper spools it again."""
+        """Write the job's file into its queue's directory now, not due for ``hold``
+        seconds (or until its own time, if later); ``commit`` makes it due and wakes
+        the spoolers, ``abort`` removes it. A web worker that dies in between leaves a
+        file that runs when the hold ends; a row that took longer than the hold finds its
+        file quarantined by a spooler (no job yet) and the housekeeper spools it again."""
         if delivery is None:
             return Deferred()  # parked: the housekeeper spools it when it is nearly due
         now = time.time()
         due = spool_mtime(run_at, now)
         staged = max(due, math.ceil(now + self.hold))
         entries, body = to_spool_entries(job_id, task, payload)
-        self.directory.write(delivery, entries, body, staged, wake=False)
-        return _StagedFile(self.directory, delivery, due if due < staged else None)
+        directory = self._directory(queue)
+        directory.write(delivery, entries, body, staged, wake=False)
+        return _StagedFile(directory, delivery, due if due < staged else None)
 
     def submit(self, job: Job, payload: str) -> None:
         if job.spool_file is None:
             return  # parked: the housekeeper spools it when it is nearly due
         entries, body = to_spool_entries(job.id, job.task, payload)
-        self.directory.write(
+        self._directory(job.queue).write(
             job.spool_file, entries, body, spool_mtime(job.scheduled_for, time.time())
         )
 
     def release(self, job: Job) -> None:
         """Make a cancelled job's file due now, so a spooler drops it at its next scan."""
         if job.spool_file and not is_local_delivery(job.spool_file):
-            self.directory.set_mtime(job.spool_file, spool_mtime(None, time.time()))
-            self.directory.wake()
+            directory = self._directory(job.queue)
+            directory.set_mtime(job.spool_file, spool_mtime(None, time.time()))
+            directory.wake()
 
     # -- running (in a spooler process, called by the dispatcher) -------------------------
 
@@ -158,13 +194,15 @@ class SpoolerRunner:
             # uWSGI has no hook after a spooler's fork: the first file of each does it.
             self._reniced_pid = os.getpid()
             runtime.renice_spooler(self.nice)
-        # The row names the file by its path under the spool directory ("07/..." for priority 7).
-        delivery = self.directory.relative_of(directory, name)
+        # The row names the file by its path under its queue's directory ("07/..." for
+        # priority 7); with spooler-chdir set, the default queue's directory is searched.
+        queue = self._queue_serving(directory) or DEFAULT_QUEUE
+        delivery = self.directories[queue].relative_of(directory, name)
         try:
             envelope = from_spool_dict(spool)
         except DecodeError as exc:
             foreign = b"spoolkit" not in spool
-            adopted = self.compat.adopt(spool, delivery, time.time()) if foreign else None
+            adopted = self.compat.adopt(spool, delivery, time.time(), queue) if foreign else None
             if adopted is None:
                 return self._quarantine(directory, name, str(exc))
             args, kwargs = decode_arguments(self.store.payload(adopted.id))
@@ -182,7 +220,9 @@ class SpoolerRunner:
         return dispatcher.SPOOL_OK
 
     def _quarantine(self, directory: str, name: str, reason: str) -> int:
-        kept = self.directory.quarantine(directory, name)
+        """Keep a copy in the quarantine of the queue the file was found in."""
+        queue = self._queue_serving(directory) or DEFAULT_QUEUE
+        kept = self.directories[queue].quarantine(directory, name)
         if kept is None:
             # Could not keep a copy: do not destroy the only one. Park it for a day.
             log.error("spool file %s rejected (%s) but could not be quarantined; parked for 24h",
@@ -194,39 +234,45 @@ class SpoolerRunner:
 
     # -- housekeeping -------------------------------------------------------------------
 
-    def spooled_files(self, now: float, *, check_all: bool = False) -> set[str]:
-        """The job files a spooler can run; torn ones go to the quarantine on the way.
+    def spooled_files(self, now: float, *, check_all: bool = False) -> dict[str, set[str]]:
+        """Per queue, the job files a spooler can run; torn ones go to the quarantine
+        on the way.
 
         The kit's own files are written under a lock and can only be torn by a
         crash of the machine: at start-up (``check_all``, before any spooler
         runs) every file is checked; on later passes only files of other
         writers here, and the kit's own in ``survey``, a batch at a time.
         """
-        files = set()
-        for relative in self.directory.names():
-            if (check_all or not is_own_file(relative)) and self._set_aside_if_torn(
-                relative, now, check_all
-            ):
-                continue
-            files.add(relative)
-        return files
+        found: dict[str, set[str]] = {}
+        for queue, directory in self.directories.items():
+            files = found[queue] = set()
+            for relative in directory.names():
+                if (check_all or not is_own_file(relative)) and self._set_aside_if_torn(
+                    directory, relative, now, check_all
+                ):
+                    continue
+                files.add(relative)
+        return found
 
-    def _set_aside_if_torn(self, relative: str, now: float, at_start: bool = False) -> bool:
+    @staticmethod
+    def _set_aside_if_torn(
+        directory: SpoolDirectory, relative: str, now: float, at_start: bool = False
+    ) -> bool:
         try:
-            info = os.lstat(self.directory.absolute(relative))
+            info = os.lstat(directory.absolute(relative))
         except FileNotFoundError:
             return True
         due = at_start or info.st_mtime < now - TORN_AFTER
-        if not (due and self.directory.is_torn(relative, info)):
+        if not (due and directory.is_torn(relative, info)):
             return False
-        kept = self.directory.set_aside_torn(relative)
+        kept = directory.set_aside_torn(relative)
         log.error("spool file %s is torn (%d bytes); moved to %s", relative, info.st_size, kept)
         return kept is not None
 
     def survey(self, now: float) -> Callable[[Job], bool]:
-        """List the spool directory once; the check says whether a job's file will reach
-        a spooler (a torn one is set aside: no). A job left by a local runner is on its
-        way while that process lives."""
+        """List each queue's spool directory once; the check says whether a job's file
+        will reach a spooler of its queue (a torn one is set aside: no). A job left by a
+        local runner is on its way while that process lives."""
         files = self.spooled_files(now)
 
         def on_its_way(job: Job) -> bool:
@@ -234,44 +280,69 @@ class SpoolerRunner:
                 return False
             if is_local_delivery(job.spool_file):
                 return local_delivery_alive(job.spool_file)
-            if job.spool_file not in files:
+            queue = job.queue if job.queue in files else DEFAULT_QUEUE  # see _directory
+            if job.spool_file not in files[queue]:
                 return False
             stale = job.updated_at < now - TORN_AFTER
-            return not (stale and self._set_aside_if_torn(job.spool_file, now))
+            directory = self.directories[queue]
+            return not (stale and self._set_aside_if_torn(directory, job.spool_file, now))
 
         return on_its_way
 
     def maintain(self, now: float) -> None:
-        """Recreate a removed spool directory (the housekeeper's next pass spools its jobs
-        again from the store), tell producers in other instances which spoolers to wake,
-        and purge quarantined files past ``SPOOLKIT_RESULT_TTL``."""
-        if self.directory.usable() == "spool directory missing":
-            log.error("spool directory %s is gone; creating it again (its jobs are spooled "
-                      "again from the store)", self.directory.path)  # fmt: skip
-            self.directory.prepare()
-        if runtime.uwsgi_option("spooler"):
-            runtime.publish_spoolers(self.directory.path)
-        if self.retention > 0 and now >= self._next_purge:
+        """For each queue: recreate a removed spool directory (the housekeeper's next pass
+        spools its jobs again from the store), tell producers in other instances which
+        spoolers to wake, and purge quarantined files past ``SPOOLKIT_RESULT_TTL``."""
+        purge = self.retention > 0 and now >= self._next_purge
+        if purge:
             self._next_purge = now + self.purge_interval
-            if purged := self.directory.purge_quarantine(now - self.retention):
-                log.info("purged %d quarantined spool files older than %.0fs",
-                         purged, self.retention)  # fmt: skip
+        for queue, directory in self.directories.items():
+            if directory.usable() == "spool directory missing":
+                log.error("spool directory %s of queue %s is gone; creating it again (its jobs "
+                          "are spooled again from the store)", directory.path, queue)  # fmt: skip
+                directory.prepare()
+            if runtime.uwsgi_option("spooler"):
+                runtime.publish_spoolers(directory.path, self.spool_paths)
+            if purge and (purged := directory.purge_quarantine(now - self.retention)):
+                log.info("purged %d quarantined spool files of queue %s older than %.0fs",
+                         purged, queue, self.retention)  # fmt: skip
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        pids = runtime.spooler_pids()
+        """Spoolers configured and alive, and per queue: its spoolers alive, its spool
+        directory, its quarantine. A queue with no live spooler is unhealthy, unless a
+        live spooler serves no directory the kit knows right now (just forked, or a task
+        changed its working directory): it is given the benefit of the doubt."""
+        cwds = {pid: runtime.spooler_cwd(pid) for pid in runtime.spooler_pids()
+                if runtime.process_exists(pid)}  # fmt: skip
         configured = runtime.configured_spoolers()
-        alive = sum(1 for pid in pids if runtime.process_exists(pid))
+        alive = len(cwds)
         report: dict[str, Any] = {
             "spoolers": {"configured": configured, "alive": alive},
             "spool_dir": self.directory.path,
+            "spool_dirs": {queue: spool.path for queue, spool in self.directories.items()},
         }
+        serving = {pid: self._queue_serving(cwd) for pid, cwd in cwds.items()}
+        producer = runtime.uwsgi_option("spooler") is None
         ok = configured > 0 and alive == configured
-        if runtime.uwsgi_option("spooler") is None:
+        if producer:
             # A producer-only instance (spooler-external): another instance runs the jobs.
             external = len(self.waker.published())
             report["spoolers"]["external"] = external
             ok = external > 0
-        problem = self.directory.usable()
-        report["spool"] = problem or "ok"
-        report["quarantined"] = len(self.directory.quarantined())
-        return ok and problem is None, report
+        queues: dict[str, dict[str, Any]] = {}
+        problems = []
+        for queue, directory in self.directories.items():
+            # Its spoolers here, and those another instance serving it published there.
+            mine = {pid for pid, served in serving.items() if served == queue}
+            spoolers = len(mine | set(self.wakers[queue].published()))
+            problem = directory.usable()
+            if problem is not None:
+                problems.append(problem if queue == DEFAULT_QUEUE else f"queue {queue}: {problem}")
+            queues[queue] = {"spoolers_alive": spoolers, "spool": problem or "ok",
+                             "quarantined": len(directory.quarantined())}  # fmt: skip
+            if spoolers == 0 and None not in serving.values():
+                ok = False
+        report["spool"] = "; ".join(problems) or "ok"
+        report["quarantined"] = sum(entry["quarantined"] for entry in queues.values())
+        report["queues"] = queues
+        return ok and not problems, report

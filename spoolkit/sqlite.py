@@ -30,7 +30,7 @@ from .errors import (
 from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
 from .states import FINISHED, RETRYABLE, WAITING, JobState
-from .store import FollowUp, NewJob
+from .store import FollowUp, NewJob, QueueCounts, SlotRecord
 
 log = logging.getLogger("spoolkit.store")
 T = TypeVar("T")
@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS spoolkit_attempts (
     error_message TEXT,
     runner_pid INTEGER
 );
+CREATE TABLE IF NOT EXISTS spoolkit_periodic (
+    name TEXT PRIMARY KEY,
+    last_slot REAL NOT NULL,
+    fired_slot REAL,
+    fired_job TEXT,
+    updated_at REAL NOT NULL
+);
 """
 #: Columns added after the first release (setup() adds those a store lacks).
 _ADDED_COLUMNS = {
@@ -83,6 +90,8 @@ _ADDED_COLUMNS = {
     "abort_requested": "REAL",
     "idempotency_key": "TEXT",
     "idempotency_hash": "TEXT",
+    "periodic_slot": "REAL",
+    "queue": "TEXT NOT NULL DEFAULT 'default'",
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
@@ -99,11 +108,13 @@ CREATE INDEX IF NOT EXISTS spoolkit_attempts_job ON spoolkit_attempts (job_id);
 """
 #: Attempts kept in a job's history.
 HISTORY_LIMIT = 50
+#: Less free space than this beside the store: /healthz says its disk is full.
+FULL_BELOW = 64 * 1024
 _COLUMNS = (
     "id, task, state, attempts, max_attempts, backoff, priority, created_at, scheduled_for, "
     "started_at, finished_at, updated_at, progress, result, error_type, error_message, "
     "error_traceback, spool_file, runner, runner_pid, origin, parent_id, on_success, "
-    "on_failure, callback_url, timeout, abort_requested"
+    "on_failure, callback_url, timeout, abort_requested, periodic_slot, queue"
 )
 # Connections inherited through fork() are never closed in the child (that can
 # release the parent's locks); they are parked here instead.
@@ -113,8 +124,8 @@ _INHERITED: list[sqlite3.Connection] = []
 _INSERT = (
     "INSERT INTO spoolkit_jobs (id, task, payload, state, priority, max_attempts, backoff, "
     "created_at, scheduled_for, updated_at, spool_file, origin, parent_id, on_success, "
-    "on_failure, callback_url, timeout, idempotency_key, idempotency_hash) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "on_failure, callback_url, timeout, idempotency_key, idempotency_hash, queue) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -124,7 +135,7 @@ def _new_row(new: NewJob) -> tuple[tuple[Any, ...], Job]:
     values = (new.id, new.task, new.payload, state.value, new.priority, new.max_attempts,
               new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file,
               new.origin, new.parent_id, new.on_success, new.on_failure, new.callback_url,
-              new.timeout, new.idempotency_key, new.idempotency_hash)  # fmt: skip
+              new.timeout, new.idempotency_key, new.idempotency_hash, new.queue)  # fmt: skip
     job = Job(
         id=new.id, task=new.task, state=state, attempts=0, max_attempts=new.max_attempts,
         backoff=new.backoff, priority=new.priority, created_at=new.created_at,
@@ -132,6 +143,7 @@ def _new_row(new: NewJob) -> tuple[tuple[Any, ...], Job]:
         progress=None, result=None, error=None, spool_file=new.spool_file, runner=None,
         runner_pid=None, origin=new.origin, parent_id=new.parent_id, on_success=new.on_success,
         on_failure=new.on_failure, callback_url=new.callback_url, timeout=new.timeout,
+        queue=new.queue,
     )  # fmt: skip
     return values, job
 
@@ -178,7 +190,7 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
      finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,
      runner_pid, origin, parent_id, on_success, on_failure, callback_url, timeout,
-     abort_requested) = row  # fmt: skip
+     abort_requested, periodic_slot, queue) = row  # fmt: skip
     return Job(
         id=id_,
         task=task,
@@ -205,6 +217,8 @@ def _row_to_job(row: tuple[Any, ...]) -> Job:
         callback_url=callback_url,
         timeout=timeout,
         abort_requested=abort_requested is not None,
+        periodic_slot=periodic_slot,
+        queue=queue,
     )
 
 
@@ -259,11 +273,10 @@ class SQLiteStore:  # implements store.Store
             local.conns, local.pid = {}, os.getpid()
         conn: sqlite3.Connection | None = local.conns.get(durable)
         if conn is None:
+            # Called inside _locked: a store busy or missing while it opens is retried
+            # (or reported) like any other store error.
             level = self.synchronous if durable or self.synchronous == "OFF" else "NORMAL"
-            try:
-                conn = local.conns[durable] = self._open(level)
-            except sqlite3.Error as exc:
-                raise unavailable(f"cannot open the job store {self.name}", exc) from exc
+            conn = local.conns[durable] = self._open(level)
         return conn
 
     def setup(self) -> None:
@@ -302,6 +315,10 @@ class SQLiteStore:  # implements store.Store
             raise StoreUnavailable(f"job store {self.name} is gone: {exc.strerror}") from exc
         if self._inode is not None and inode != self._inode:
             raise StoreUnavailable(f"job store {self.name} was replaced: restart the server")
+        space = os.statvfs(os.path.dirname(self.path))
+        if space.f_bavail * space.f_frsize < FULL_BELOW:
+            # A small write can still land in the WAL's free pages: say it before a job fails.
+            raise StoreFull(f"job store {self.name}: its disk is full")
         self.set_meta("checked", repr(time.time()))
 
     def _locked(self, attempt: Callable[[], T], *, patient: bool = False) -> T:
@@ -316,13 +333,6 @@ class SQLiteStore:  # implements store.Store
         while True:
             try:
                 return attempt()
-            except StoreUnavailable:  # the file cannot be opened (now)
-                if not patient:
-                    raise
-                failures += 1
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
             except sqlite3.Error as exc:
                 if _read_only(exc):
                     # SQLite opened the file read-only (it could not be written when
@@ -355,7 +365,7 @@ class SQLiteStore:  # implements store.Store
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction holding SQLite's write lock from the start (BEGIN IMMEDIATE)."""
-        conn = self._connection(durable)
+        conn = self._locked(lambda: self._connection(durable))
         self._locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
             yield conn
@@ -472,6 +482,33 @@ class SQLiteStore:  # implements store.Store
         found = {state: count for state, count in rows}
         return {state.value: int(found.get(state.value, 0)) for state in JobState}
 
+    def queue_counts(self, now: float) -> dict[str, QueueCounts]:
+        """Ready (queued, or scheduled and due), scheduled and running jobs per queue.
+
+        Reads every unfinished row through the state index, like ``counts`` reads every
+        row (about 70 ms per 100,000 waiting jobs here); a covering index on the queue
+        saved only a fifth of that and would cost every state change a write."""
+        rows = self._read(
+            "SELECT queue, CASE WHEN state = 'scheduled' AND scheduled_for > ? THEN 'later' "
+            "ELSE state END AS kind, COUNT(*), MIN(COALESCE(scheduled_for, created_at)) "
+            "FROM spoolkit_jobs WHERE state IN ('queued', 'scheduled', 'running') "
+            "GROUP BY queue, kind",
+            (now,),
+        )
+        tally: dict[str, dict[str, Any]] = {}
+        for queue, kind, count, since in rows:
+            entry = tally.setdefault(queue, {"ready": 0, "scheduled": 0, "running": 0,
+                                             "oldest_ready": None})  # fmt: skip
+            if kind == "later":
+                entry["scheduled"] += count
+            elif kind == JobState.RUNNING.value:
+                entry["running"] += count
+            else:  # queued, or scheduled and due
+                entry["ready"] += count
+                oldest = entry["oldest_ready"]
+                entry["oldest_ready"] = since if oldest is None else min(oldest, since)
+        return {queue: QueueCounts(**entry) for queue, entry in tally.items()}
+
     def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
         """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``.
 
@@ -502,8 +539,9 @@ class SQLiteStore:  # implements store.Store
         does not pay for it: SQLite otherwise checkpoints inside whichever
         commit crosses the threshold (``autocheckpoint`` pages).
         """
-        conn = self._connection()
-        self._locked(lambda: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        self._locked(
+            lambda: self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        )
 
     def get_meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM spoolkit_meta WHERE key = ?", (key,))
@@ -789,3 +827,41 @@ class SQLiteStore:  # implements store.Store
             conn.execute(f"DELETE FROM spoolkit_attempts WHERE job_id IN ({places})", doomed)
             cursor = conn.execute(f"DELETE FROM spoolkit_jobs WHERE id IN ({places})", doomed)
         return cursor.rowcount
+
+    # -- periodic schedules ------------------------------------------------------------
+
+    def slots(self) -> dict[str, SlotRecord]:
+        rows = self._read("SELECT name, last_slot, fired_slot, fired_job FROM spoolkit_periodic")
+        return {name: SlotRecord(last, fired, job) for name, last, fired, job in rows}
+
+    def advance_slot(self, schedule: str, slot: float, now: float, job: NewJob | None) -> bool:
+        """Move ``schedule`` on to ``slot`` and record ``job`` (if any), in one durable
+        transaction, only if the schedule's last decided slot is earlier.
+
+        The conditional upsert is the once-per-slot rule: SQLite runs one write
+        transaction at a time, so of two housekeepers deciding one slot exactly one
+        moves the record on and inserts the job; a crash before the commit leaves
+        neither, after it both. Slots only move forward, so none fires twice.
+        """
+
+        def work(conn: sqlite3.Connection) -> bool:
+            moved = conn.execute(
+                "INSERT INTO spoolkit_periodic (name, last_slot, fired_slot, fired_job, "
+                "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "last_slot = excluded.last_slot, updated_at = excluded.updated_at, "
+                "fired_slot = COALESCE(excluded.fired_slot, fired_slot), "
+                "fired_job = COALESCE(excluded.fired_job, fired_job) "
+                "WHERE last_slot < excluded.last_slot",
+                (schedule, slot, None if job is None else slot,
+                 None if job is None else job.id, now),
+            ).rowcount  # fmt: skip
+            if moved != 1:
+                return False
+            if job is not None:
+                conn.execute(_INSERT, _new_row(job)[0])
+                conn.execute(
+                    "UPDATE spoolkit_jobs SET periodic_slot = ? WHERE id = ?", (slot, job.id)
+                )
+            return True
+
+        return self._transact(work, durable=True)

@@ -16,10 +16,14 @@ from typing import Protocol
 
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction
+from .queues import DEFAULT_QUEUE
 from .states import JobState
 
 #: ``set_meta`` key: when the housekeeper last finished a pass (unix seconds).
 HOUSEKEEPER_BEAT = "housekeeper"
+#: ``set_meta`` key: the spoolers alive per queue the housekeeper last saw (JSON,
+#: ``{"at": unix seconds, "queues": {name: count}}``), for the CLI outside uWSGI.
+SPOOLERS_SEEN = "spoolers"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class NewJob:
     spool_file: str | None
     #: Who queued it: "spoolkit", or the library whose spool call the kit took over.
     origin: str = "spoolkit"
+    #: The queue that runs it (``spool_file`` is relative to that queue's directory).
+    queue: str = DEFAULT_QUEUE
     parent_id: str | None = None
     on_success: str | None = None
     on_failure: str | None = None
@@ -48,6 +54,29 @@ class NewJob:
     idempotency_hash: str | None = None
     #: Seconds a key stays bound to its first job (SPOOLKIT_IDEMPOTENCY_TTL).
     idempotency_ttl: float = 86400.0
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """One queue's waiting and running jobs, for ``/healthz`` and the CLI."""
+
+    #: Queued, or scheduled and due: waiting for a spooler of the queue.
+    ready: int = 0
+    #: Scheduled for later (retries waiting out their backoff included).
+    scheduled: int = 0
+    running: int = 0
+    #: When the oldest ready job became ready (its scheduled time, else its creation).
+    oldest_ready: float | None = None
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    """Where a periodic schedule stands: the last slot decided (fired, or skipped as
+    too late), and the last slot fired with the id of its job."""
+
+    last_slot: float
+    fired_slot: float | None
+    fired_job: str | None
 
 
 #: Makes the jobs a finished job queues (callbacks, webhook deliveries); the store calls
@@ -83,6 +112,10 @@ class Store(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present."""
+        ...
+
+    def queue_counts(self, now: float) -> dict[str, QueueCounts]:
+        """Ready, scheduled and running jobs per queue (queues without any left out)."""
         ...
 
     def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
@@ -167,4 +200,16 @@ class Store(Protocol):
 
     def purge(self, finished_before: float, limit: int = 1000) -> int:
         """Delete up to ``limit`` jobs finished before ``finished_before``; how many."""
+        ...
+
+    # -- periodic schedules
+    def slots(self) -> dict[str, SlotRecord]:
+        """Every periodic schedule's record, by schedule name."""
+        ...
+
+    def advance_slot(self, schedule: str, slot: float, now: float, job: NewJob | None) -> bool:
+        """Move ``schedule`` on to ``slot`` if its last decided slot is earlier (or it has
+        none), recording ``job`` (with ``periodic_slot`` = ``slot``) in the same durable
+        transaction; ``job=None`` records a skipped slot, or a first sight. ``False``
+        (nothing recorded) if the slot was decided already: a slot fires at most once."""
         ...

@@ -22,6 +22,7 @@ from flask import current_app, has_app_context
 from .encoding import encode_arguments
 from .errors import ConfigurationError
 from .job import Job
+from .queues import validate_queue
 from .retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -44,6 +45,8 @@ class Call:
     on_success: str | None = None
     on_failure: str | None = None
     timeout: float | None = None
+    #: The task's queue (``@spool(queue=...)``); ``None``: the default queue.
+    queue: str | None = None
 
 
 class Enqueuer(Protocol):
@@ -62,6 +65,7 @@ class Enqueuer(Protocol):
         callback_url: object = None,
         key: object = None,
         timeout: object = None,
+        queue: object = None,
     ) -> Job: ...
 
 
@@ -103,6 +107,7 @@ class Task(Generic[P, R]):
         on_success: str | Task[Any, Any] | None = None,
         on_failure: str | Task[Any, Any] | None = None,
         timeout: float | None = None,
+        queue: str | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"@spool decorates a function, got {fn!r}")
@@ -118,6 +123,7 @@ class Task(Generic[P, R]):
         ):
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self.timeout = None if timeout is None else float(timeout)
+        self.queue = None if queue is None else validate_queue(queue)
         self.signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
@@ -146,6 +152,7 @@ class Task(Generic[P, R]):
         callback_url: str | None = None,
         key: str | None = None,
         timeout: float | None = None,
+        queue: str | None = None,
     ) -> Job:
         """Queue the task with options.
 
@@ -155,13 +162,15 @@ class Task(Generic[P, R]):
         the task's. ``on_success``/``on_failure`` (a task or its name) run with
         the finished job's JSON; ``callback_url`` gets it POSTed, signed;
         ``key`` (an idempotency key) returns the job recorded under it before;
-        ``timeout`` (seconds) stops an attempt that runs longer.
+        ``timeout`` (seconds) stops an attempt that runs longer; ``queue`` runs it
+        in that queue instead of the task's own (``ConfigurationError`` if uwsgi.ini
+        does not declare it).
         """
         call = self.call(args, kwargs or {})
         return app_enqueuer().enqueue(
             call, at=at, countdown=countdown, priority=priority, max_attempts=max_attempts,
             on_success=on_success, on_failure=on_failure, callback_url=callback_url, key=key,
-            timeout=timeout,
+            timeout=timeout, queue=queue,
         )  # fmt: skip
 
     def call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Call:
@@ -182,4 +191,4 @@ class Task(Generic[P, R]):
         ]
         return Call(self.name, encode_arguments(self.name, args, kwargs, names), self.policy,
                     on_success=self.on_success, on_failure=self.on_failure,
-                    timeout=self.timeout)  # fmt: skip
+                    timeout=self.timeout, queue=self.queue)  # fmt: skip

@@ -106,6 +106,31 @@ def sleeper(tag: str, seconds: float) -> str:
 
 
 @spool
+def where(tag: str) -> str:
+    """Records its run and returns the spooler's working directory: its queue's."""
+    record(tag, cwd=os.getcwd())
+    return os.getcwd()
+
+
+@spool(queue="slow")
+def slow_sleeper(tag: str, seconds: float) -> str:
+    """``sleeper`` on the slow queue; records the directory its spooler serves."""
+    record(tag, event="start", cwd=os.getcwd())
+    time.sleep(seconds)
+    record(tag, event="end", cwd=os.getcwd())
+    return tag
+
+
+@spool(queue="slow", max_attempts=2, backoff=0)
+def flaky_on_slow(tag: str, failures: int) -> int:
+    """Fails its first ``failures`` runs (counted over restarts too), on the slow queue."""
+    runs = record(tag, cwd=os.getcwd())
+    if runs <= failures:
+        raise RuntimeError(f"failure {runs} of {failures}")
+    return runs
+
+
+@spool
 def progress_steps(steps: int) -> int:
     for done in range(1, steps + 1):
         current_job.progress(done, steps, f"step {done}")

@@ -145,7 +145,8 @@ def test_production_ini_serves_on_its_socket_with_stats_and_log_files(
     job = production.wait_job(production.enqueue("add", 1, 2))
     assert job["result"] == 3
     stats = production.stats()
-    assert len(stats["spoolers"]) == 2
+    assert len(stats["spoolers"]) == 4  # two queues, default and slow, two spoolers each
+    assert {os.path.basename(s["dir"]) for s in stats["spoolers"]} == {"jobs", "slow"}
     assert all(spooler["pid"] > 0 for spooler in stats["spoolers"])
     assert len(stats["workers"]) == 2
     logs = production.base / "logs"

@@ -113,7 +113,12 @@ def test_healthz_reports_spoolers_and_store(server: UwsgiServer) -> None:
     report = response.json()
     assert report["status"] == "ok"
     assert report["mode"] == "spooler"
-    assert report["spoolers"] == {"configured": 2, "alive": 2}
+    # uwsgi.ini's two queues, default and slow, with spooler-processes = 2 each.
+    assert report["spoolers"] == {"configured": 4, "alive": 4}
+    assert {name: q["spoolers_alive"] for name, q in report["queues"].items()} == {
+        "default": 2,
+        "slow": 2,
+    }
     assert report["store"] == "ok"
 
 
