@@ -41,12 +41,14 @@ typecheck: $(VENV)/.dev-installed
 pytest: $(VENV)/.dev-installed system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The long fault, load and fuzz runs (about 15 minutes); figures in soak-report.jsonl,
+# The long fault, load, fuzz, fault-matrix and stateful API runs (about 25 minutes);
+# figures in soak-report.jsonl,
 # written up in docs/reliability.md.
 soak: $(VENV)/.dev-installed system-deps
 	rm -f soak-report.jsonl
 	SPOOLKIT_SOAK=1 SPOOLKIT_REPORT=$(CURDIR)/soak-report.jsonl $(BIN)/pytest -s --timeout 3600 \
-		tests/test_faults.py tests/test_load.py tests/test_hostile_input.py tests/test_e2e_crashes.py
+		tests/test_faults.py tests/test_load.py tests/test_hostile_input.py tests/test_e2e_crashes.py \
+		tests/test_fault_matrix.py tests/test_api_stateful.py
 
 # The benchmark against the raw spooler and the peers (about 20 minutes): bench/RESULTS.md.
 BENCH := bench/.venv/bin

@@ -166,10 +166,18 @@ class UwsgiDriver:
         return n / (answer["t1"] - answer["t0"])
 
     def consumer_pids(self) -> list[int]:
+        """The spoolers of the spool directory the bench's jobs go to. The kit's uwsgi.ini
+        also runs the spoolers of its "slow" queue, idle here: not consumers."""
+        wanted = os.path.realpath(self.spool_dir)
         try:
-            return [s["pid"] for s in self.stats().get("spoolers", []) if s.get("pid")]
+            spoolers = self.stats().get("spoolers", [])
         except OSError:
             return []
+        return [
+            s["pid"]
+            for s in spoolers
+            if s.get("pid") and os.path.realpath(str(s.get("dir", ""))) == wanted
+        ]
 
     # -- uWSGI specifics -----------------------------------------------------------
 
