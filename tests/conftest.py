@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from spoolkit.sqlite import SQLiteStore
 
+from .reporting import SOAK
 from .standin import StandinUwsgi, install, make_store
 from .support import UWSGI, UwsgiServer, make_app
 
@@ -59,15 +60,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UwsgiServer]:
         instance.stop()
 
 
+#: A small disk's size. At soak size a fault-matrix cell keeps 20 jobs in flight, and the
+#: store's write-ahead log grows by a few pages per commit until the housekeeper's next
+#: checkpoint: past 1 MiB, it fills the disk by itself before the filler does, and the
+#: filler's removal gives back nothing. The fault under test is "something else filled
+#: the disk", so the disk must hold the kit's working set with room to spare.
+SMALL_DISK = "8m" if SOAK else "1m"
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a real filesystem that really fills up (needs root, as CI has)."""
+    """A small tmpfs (``SMALL_DISK``): a real filesystem that really fills up (needs
+    root, as CI has)."""
     mount = tmp_path / "small"
     mount.mkdir()
     if os.geteuid() != 0:
         pytest.fail("the disk-full tests mount a tmpfs and need root (CI runs as root)")
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mount)], check=True
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},mode=0755", "tmpfs", str(mount)], check=True
     )
     try:
         yield mount
