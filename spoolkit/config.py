@@ -72,6 +72,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "store_timeout": float,
     "spool_ahead": float,
     "spooler_nice": _optional_int,
+    "dashboard": _bool,
+    "metrics_public": _bool,
 }
 
 
@@ -117,6 +119,10 @@ class Config:
     #: and the spoolers nearly stop. Going below 19 needs CAP_SYS_NICE or
     #: RLIMIT_NICE (systemd ``LimitNICE=``); see the README.
     spooler_nice: int | None = None
+    #: Serve the dashboard at /dashboard (with a token set, it needs the app's SECRET_KEY).
+    dashboard: bool = True
+    #: Serve /metrics without the token (a scraper inside a trusted network).
+    metrics_public: bool = False
 
     def __post_init__(self) -> None:
         positive = (
@@ -139,11 +145,17 @@ class Config:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be >= 0")
         if self.spooler_nice is not None and not -20 <= self.spooler_nice <= 19:
             raise ConfigurationError(f"{PREFIX}SPOOLER_NICE must be between -20 and 19")
-        if self.database.startswith(("postgres://", "postgresql://", "mysql://")):
+        scheme, found, _ = self.database.partition("://")
+        if found and not self.uses_postgres and not scheme.startswith("sqlite"):
             raise ConfigurationError(
-                f"{PREFIX}DATABASE={self.database.split('://')[0]}://... is not supported yet; "
-                "give a SQLite file path"
+                f"{PREFIX}DATABASE={scheme}://... is not supported; give a SQLite file path "
+                "or a postgresql:// address"
             )
+
+    @property
+    def uses_postgres(self) -> bool:
+        """``SPOOLKIT_DATABASE`` is a PostgreSQL address, not a SQLite file."""
+        return self.database.startswith(("postgresql://", "postgres://"))
 
 
 def load_config(app: Flask) -> Config:

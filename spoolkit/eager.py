@@ -77,6 +77,9 @@ class EagerRunner:
     def release(self, job: Job) -> None:
         """Nothing to release: an eager job has already run."""
 
+    def hand_off_only(self) -> None:
+        """Nothing to change: eager mode (tests) runs every job inside ``delay()``."""
+
     def survey(self, now: float) -> Callable[[Job], bool]:
         return lambda job: True  # nothing is ever on its way: it has run
 

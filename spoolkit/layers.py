@@ -4,7 +4,8 @@
 blocks included) and fails on one that points up, on a cycle, on a module
 missing from this table, and on ``uwsgi`` imported outside the runners.
 
-    surface   extension api openapi cli mule   the Flask extension, HTTP, CLI, uWSGI mule
+    surface   extension api openapi cli mule   the Flask extension, HTTP, CLI, uWSGI mule,
+              dashboard metrics                the dashboard, Prometheus /metrics
        |
     service   service housekeeping firing      queue/read/cancel/retry; recover lost jobs;
                                                fire periodic jobs
@@ -16,14 +17,14 @@ missing from this table, and on ``uwsgi`` imported outside the runners.
     worker    worker followups                 run one delivery: claim, call, record, and
                                                queue what a finished job asks for
        |
-    store     store sqlite                     the Store protocol and the SQLite store
+    store     store rows sqlite postgres       the Store protocol; the SQLite and PostgreSQL stores
        |
     tasks     task decorator registry context  @spool, task names, current_job, the
               webhook                          spoolkit.webhook task
        |
     values    errors states job retry          plain values and rules, no I/O
               schedule encoding lifecycle      (recurrence: where periodic slots fall)
-              config recurrence queues         (queues: queue names)
+              config recurrence queues stats   (queues: queue names; stats: running totals)
 
 A new runner is a module in ``runners`` implementing ``runner.Runner``; a
 new store is a module in ``store`` implementing ``store.Store``.
@@ -32,15 +33,16 @@ new store is a module in ``store`` implementing ``store.Store``.
 from __future__ import annotations
 
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("values", frozenset({"errors", "states", "job", "retry", "schedule", "encoding",
+    ("values", frozenset({"errors", "states", "job", "retry", "schedule", "encoding", "stats",
                           "lifecycle", "config", "layers", "recurrence", "queues"})),
     ("tasks", frozenset({"task", "decorator", "registry", "context", "webhook"})),
-    ("store", frozenset({"store", "sqlite"})),
+    ("store", frozenset({"store", "rows", "sqlite", "postgres"})),
     ("worker", frozenset({"worker", "followups"})),
     ("runners", frozenset({"runner", "spooler", "dispatcher", "spoolfile", "runtime", "local",
                            "eager", "compat"})),
     ("service", frozenset({"service", "housekeeping", "firing"})),
-    ("surface", frozenset({"extension", "api", "openapi", "cli", "mule", "__init__"})),
+    ("surface", frozenset({"extension", "api", "openapi", "cli", "mule", "dashboard", "metrics",
+                           "__init__"})),
 )  # fmt: skip
 
 #: The layer whose modules may import ``uwsgi``.

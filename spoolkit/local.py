@@ -80,6 +80,7 @@ class LocalRunner:
         self._delayed: list[tuple[float, int, _Delivery]] = []
         self._seq = itertools.count()
         self._threads: list[threading.Thread] = []
+        self._hands_off = False
         log.warning(
             "not running under uWSGI: jobs run in %d threads of this process "
             "(local mode; SPOOLKIT_LOCAL_WORKERS). Run 'uwsgi --ini uwsgi.ini' for spoolers.",
@@ -113,7 +114,15 @@ class LocalRunner:
     def release(self, job: Job) -> None:
         """Nothing to do: the queued entry is dropped when its claim sees ``cancelled``."""
 
+    def hand_off_only(self) -> None:
+        """Queue nothing in memory from now on. A job handed over keeps this process's
+        delivery in its row; once the process has exited, the server's housekeeper
+        sees that delivery dead and spools the job (within a pass and its grace)."""
+        self._hands_off = True
+
     def _put(self, delivery: _Delivery, at: float | None) -> None:
+        if self._hands_off:
+            return
         with self._cond:
             if at is not None and at > time.time():
                 heapq.heappush(self._delayed, (at, next(self._seq), delivery))

@@ -128,6 +128,11 @@ class Runner(Protocol):
         """A waiting job was cancelled: let whatever holds it drop it soon."""
         ...
 
+    def hand_off_only(self) -> None:
+        """Run no job in this process from now on: what it hands over stays recorded
+        for the server to deliver (a CLI command, which exits as soon as it is done)."""
+        ...
+
     def survey(self, now: float) -> Callable[[Job], bool]:
         """Look once at what the runner holds; the check tells, per unfinished job,
         whether its delivery will still reach a runner (the housekeeper recovers

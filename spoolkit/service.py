@@ -12,15 +12,22 @@ import hashlib
 import json
 import logging
 import re
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, has_app_context
 
 from .config import Config
-from .errors import ConfigurationError, InvalidSchedule, JobNotFound, StoreUnavailable
+from .errors import (
+    ConfigurationError,
+    InvalidJobState,
+    InvalidSchedule,
+    JobNotFound,
+    StoreUnavailable,
+)
 from .firing import PeriodicJobs
 from .followups import FollowUps
 from .job import Job, new_job_id
@@ -29,8 +36,8 @@ from .registry import TaskRegistry
 from .retry import RetryPolicy
 from .runner import Runner, hand_over
 from .schedule import resolve_run_at, validate_priority
-from .states import JobState
-from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
+from .states import FINISHED, JobState
+from .store import HOSTS_SEEN, HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
 from .task import EXTENSION_KEY, Call
 
 log = logging.getLogger("spoolkit")
@@ -303,13 +310,102 @@ class JobService:
     def recorded_spoolers(self, now: float) -> dict[str, int] | None:
         """Spoolers alive per queue as the housekeeper last recorded them, if that was
         recently (as ``health`` judges the housekeeper late)."""
+        seen = self._spoolers_seen(now)
+        if seen is None:
+            return None
+        return {str(queue): int(count) for queue, count in seen["queues"].items()}
+
+    def _spoolers_seen(self, now: float) -> dict[str, Any] | None:
         recorded = self.store.get_meta(SPOOLERS_SEEN)
         if not recorded:
             return None
-        seen = json.loads(recorded)
-        if now - float(seen["at"]) > max(30.0, 3 * self.config.housekeeping_interval):
+        seen: dict[str, Any] = json.loads(recorded)
+        if now - float(seen["at"]) > self._late_after:
             return None
-        return {str(queue): int(count) for queue, count in seen["queues"].items()}
+        return seen
+
+    @property
+    def _late_after(self) -> float:
+        """Seconds after which the housekeeper's last pass is called late."""
+        return max(30.0, 3 * self.config.housekeeping_interval)
+
+    def other_hosts(self, now: float) -> list[str]:
+        """Other hosts whose housekeeper used this store recently."""
+        recorded = self.store.get_meta(HOSTS_SEEN)
+        if not recorded:
+            return []
+        hosts: dict[str, float] = json.loads(recorded)
+        me = socket.gethostname()
+        return sorted(name for name, beat in hosts.items()
+                      if name != me and now - beat < self._late_after)  # fmt: skip
+
+    def housekeeper_age(self, now: float) -> float | None:
+        """Seconds since the housekeeper's last pass; ``None`` before its first."""
+        beat = self.store.get_meta(HOUSEKEEPER_BEAT)
+        return round(now - float(beat), 1) if beat else None
+
+    def spoolers(self, now: float) -> dict[str, int | None]:
+        """Spoolers alive and configured: counted here under uWSGI, else as the
+        housekeeper last recorded them (``None`` when unknown)."""
+        _, report = self.runner.health()
+        counted = report.get("spoolers")
+        if counted is None:
+            seen = self._spoolers_seen(now)
+            counted = seen.get("spoolers") if seen else None
+        counted = counted or {}
+        return {"alive": counted.get("alive"), "configured": counted.get("configured")}
+
+    def overview(self, now: float) -> dict[str, Any]:
+        """Everything an operator looks at first, for the dashboard, ``/metrics`` and
+        ``flask spoolkit stats``: jobs per state, per queue (with the oldest ready
+        job's age and its spoolers), spoolers alive of configured, jobs finished in
+        the last 5 and 60 minutes, and the housekeeper's last pass."""
+        per_queue: dict[str, dict[str, int]] = {}
+        for (queue, state), count in self.store.state_counts().items():
+            per_queue.setdefault(queue, {}).setdefault(state, 0)
+            per_queue[queue][state] += count
+        queues = self.queue_report(now)
+        for name, figures in queues.items():
+            figures["states"] = {s.value: per_queue.get(name, {}).get(s.value, 0) for s in JobState}
+        return {
+            "mode": self.runner.name,
+            "states": self.store.counts(),
+            "queues": queues,
+            "spoolers": self.spoolers(now),
+            "finished": {
+                "5m": self.store.finished_since(now - 300),
+                "60m": self.store.finished_since(now - 3600),
+            },
+            # Recorded by the server's housekeeper: a CLI process (not housekept itself)
+            # reads it too.
+            "housekeeper": {"last_run_age": age}
+            if (age := self.housekeeper_age(now)) is not None or self.runner.housekept
+            else None,
+        }
+
+    def retry_failed(self, task: str) -> tuple[list[Job], list[str]]:
+        """Queue again every job of ``task`` failed now (each as ``retry`` does): the jobs
+        queued, and a line for each that could not be (it changed meanwhile). A job that
+        fails again while this runs is not retried twice."""
+        failed: list[str] = []
+        while batch := self.store.list_jobs(JobState.FAILED, task, 500, with_results=False,
+                                            offset=len(failed)):  # fmt: skip
+            failed += [job.id for job in batch]
+        retried: list[Job] = []
+        problems: list[str] = []
+        for job_id in dict.fromkeys(failed):
+            try:
+                retried.append(self.retry(job_id))
+            except (JobNotFound, InvalidJobState) as exc:
+                problems.append(f"{job_id}: {exc}")
+        return retried, problems
+
+    def purge(self, finished_before: float, states: Collection[JobState] = FINISHED) -> int:
+        """Delete every job in ``states`` finished before ``finished_before``; how many."""
+        removed = 0
+        while count := self.store.purge(finished_before, 1000, states):
+            removed += count
+        return removed
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.time()
@@ -324,6 +420,13 @@ class JobService:
             live = {name: entry["spoolers_alive"] for name, entry in runner_queues.items()}
             queues = self.queue_report(now, live or None)
             report["store"] = "ok"
+            others = self.other_hosts(now)
+            if others:
+                report["store"] = (
+                    f"shared with {', '.join(others)}: one host per store until multi-host "
+                    "mode exists (README, Limits)"
+                )
+                healthy = False
         except StoreUnavailable as exc:
             report["store"] = f"unavailable: {exc}"
             healthy = False
@@ -333,9 +436,8 @@ class JobService:
                                 for name, figures in queues.items()}  # fmt: skip
         healthy = healthy and runner_ok
         if self.runner.housekept and healthy:
-            beat = self.store.get_meta(HOUSEKEEPER_BEAT)
-            age = round(time.time() - float(beat), 1) if beat else None
-            late = age is not None and age > max(30.0, 3 * self.config.housekeeping_interval)
+            age = self.housekeeper_age(time.time())
+            late = age is not None and age > self._late_after
             report["housekeeper"] = {"last_run_age": age, "ok": not late}
             healthy = not late
         report["status"] = "ok" if healthy else "unhealthy"

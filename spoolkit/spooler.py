@@ -179,6 +179,9 @@ class SpoolerRunner:
             job.spool_file, entries, body, spool_mtime(job.scheduled_for, time.time())
         )
 
+    def hand_off_only(self) -> None:
+        """Nothing to change: this process only writes spool files; spoolers run them."""
+
     def release(self, job: Job) -> None:
         """Make a cancelled job's file due now, so a spooler drops it at its next scan."""
         if job.spool_file and not is_local_delivery(job.spool_file):

@@ -15,11 +15,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from . import stats
 from .errors import (
     IdempotencyConflict,
     InvalidJobState,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
+from .rows import COLUMNS, HISTORY_LIMIT, INSERT, new_row, row_to_job
 from .states import FINISHED, RETRYABLE, WAITING, JobState
 from .store import FollowUp, NewJob, QueueCounts, SlotRecord
 
@@ -71,6 +73,12 @@ CREATE TABLE IF NOT EXISTS spoolkit_attempts (
     error_message TEXT,
     runner_pid INTEGER
 );
+CREATE TABLE IF NOT EXISTS spoolkit_stats (
+    task TEXT NOT NULL,
+    series TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (task, series)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spoolkit_periodic (
     name TEXT PRIMARY KEY,
     last_slot REAL NOT NULL,
@@ -106,57 +114,39 @@ CREATE INDEX IF NOT EXISTS spoolkit_jobs_aborting ON spoolkit_jobs (abort_reques
     WHERE abort_requested IS NOT NULL AND state = 'running';
 CREATE INDEX IF NOT EXISTS spoolkit_attempts_job ON spoolkit_attempts (job_id);
 """
-#: Attempts kept in a job's history.
-HISTORY_LIMIT = 50
 #: Less free space than this beside the store: /healthz says its disk is full.
 FULL_BELOW = 64 * 1024
-_COLUMNS = (
-    "id, task, state, attempts, max_attempts, backoff, priority, created_at, scheduled_for, "
-    "started_at, finished_at, updated_at, progress, result, error_type, error_message, "
-    "error_traceback, spool_file, runner, runner_pid, origin, parent_id, on_success, "
-    "on_failure, callback_url, timeout, abort_requested, periodic_slot, queue"
-)
 # Connections inherited through fork() are never closed in the child (that can
 # release the parent's locks); they are parked here instead.
 _INHERITED: list[sqlite3.Connection] = []
 
 
-_INSERT = (
-    "INSERT INTO spoolkit_jobs (id, task, payload, state, priority, max_attempts, backoff, "
-    "created_at, scheduled_for, updated_at, spool_file, origin, parent_id, on_success, "
-    "on_failure, callback_url, timeout, idempotency_key, idempotency_hash, queue) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _new_row(new: NewJob) -> tuple[tuple[Any, ...], Job]:
-    """The values ``_INSERT`` takes for ``new``, and the job they make."""
-    state = JobState.SCHEDULED if new.run_at is not None else JobState.QUEUED
-    values = (new.id, new.task, new.payload, state.value, new.priority, new.max_attempts,
-              new.backoff, new.created_at, new.run_at, new.created_at, new.spool_file,
-              new.origin, new.parent_id, new.on_success, new.on_failure, new.callback_url,
-              new.timeout, new.idempotency_key, new.idempotency_hash, new.queue)  # fmt: skip
-    job = Job(
-        id=new.id, task=new.task, state=state, attempts=0, max_attempts=new.max_attempts,
-        backoff=new.backoff, priority=new.priority, created_at=new.created_at,
-        scheduled_for=new.run_at, started_at=None, finished_at=None, updated_at=new.created_at,
-        progress=None, result=None, error=None, spool_file=new.spool_file, runner=None,
-        runner_pid=None, origin=new.origin, parent_id=new.parent_id, on_success=new.on_success,
-        on_failure=new.on_failure, callback_url=new.callback_url, timeout=new.timeout,
-        queue=new.queue,
-    )  # fmt: skip
-    return values, job
-
-
 def _record_follow_ups(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> None:
     for new in jobs:
-        conn.execute(_INSERT, _new_row(new)[0])
+        conn.execute(INSERT, new_row(new)[0])
+
+
+def _add_totals(conn: sqlite3.Connection, task: str, series: list[stats.Series]) -> None:
+    """Add to the task's running totals (see stats.py), in the caller's transaction."""
+    conn.executemany(
+        "INSERT INTO spoolkit_stats (task, series, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (task, series) DO UPDATE SET value = value + excluded.value",
+        [(task, name, value) for name, value in series],
+    )
 
 
 def _remember(
-    conn: sqlite3.Connection, job: Job, now: float, outcome: str, error: JobError | None
+    conn: sqlite3.Connection,
+    job: Job,
+    now: float,
+    outcome: str,
+    error: JobError | None,
+    final: JobState | None = None,
 ) -> None:
-    """Add the attempt that just ended to the job's history (the last HISTORY_LIMIT kept)."""
+    """Add the attempt that just ended to the job's history (the last HISTORY_LIMIT kept)
+    and to its task's totals (``final``: the state the job ends in, if it ends)."""
+    _add_totals(conn, job.task, stats.ended_attempt(
+        job, outcome, now, final.value if final else None))  # fmt: skip
     conn.execute(
         "INSERT INTO spoolkit_attempts (job_id, attempt, started_at, finished_at, outcome, "
         "error_type, error_message, runner_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -186,43 +176,7 @@ def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
     return (StoreFull if full else StoreUnavailable)(f"{what}: {exc}")
 
 
-def _row_to_job(row: tuple[Any, ...]) -> Job:
-    (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
-     finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,
-     runner_pid, origin, parent_id, on_success, on_failure, callback_url, timeout,
-     abort_requested, periodic_slot, queue) = row  # fmt: skip
-    return Job(
-        id=id_,
-        task=task,
-        state=JobState(state),
-        attempts=attempts,
-        max_attempts=max_attempts,
-        backoff=backoff,
-        priority=priority,
-        created_at=created,
-        scheduled_for=scheduled,
-        started_at=started,
-        finished_at=finished,
-        updated_at=updated,
-        progress=Progress(**json.loads(progress)) if progress else None,
-        result=json.loads(result) if result is not None else None,
-        error=JobError(etype, emessage or "", etraceback) if etype else None,
-        spool_file=spool_file,
-        runner=runner,
-        runner_pid=runner_pid,
-        origin=origin,
-        parent_id=parent_id,
-        on_success=on_success,
-        on_failure=on_failure,
-        callback_url=callback_url,
-        timeout=timeout,
-        abort_requested=abort_requested is not None,
-        periodic_slot=periodic_slot,
-        queue=queue,
-    )
-
-
-def _marks(values: frozenset[JobState]) -> tuple[str, list[str]]:
+def _marks(values: Collection[JobState]) -> tuple[str, list[str]]:
     return ",".join("?" * len(values)), [state.value for state in values]
 
 
@@ -354,6 +308,10 @@ class SQLiteStore:  # implements store.Store
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def close(self) -> None:
+        """Close this thread's connections (the next call opens new ones)."""
+        self._forget()
+
     def _forget(self) -> None:
         """Close this thread's connections; the next call opens new ones."""
         conns: dict[bool, sqlite3.Connection] = getattr(self._local, "conns", {})
@@ -420,15 +378,15 @@ class SQLiteStore:  # implements store.Store
     @staticmethod
     def _fetch(conn: sqlite3.Connection, job_id: str) -> Job | None:
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,)
+            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,)
         ).fetchone()
-        return _row_to_job(row) if row else None
+        return row_to_job(row) if row else None
 
     # -- reading -------------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
         """The job, with the ids of the jobs its outcome queued and its attempt history."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,))
+        rows = self._read(f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = ?", (job_id,))
         if not rows:
             return None
         children = self._read(
@@ -445,7 +403,7 @@ class SQLiteStore:  # implements store.Store
             for number, started, finished, outcome, etype, emessage, pid in attempts
         )  # fmt: skip
         return replace(
-            _row_to_job(rows[0]), callbacks=tuple(row[0] for row in children), history=history
+            row_to_job(rows[0]), callbacks=tuple(row[0] for row in children), history=history
         )
 
     def payload(self, job_id: str) -> str:
@@ -461,21 +419,59 @@ class SQLiteStore:  # implements store.Store
         limit: int = 50,
         *,
         with_results: bool = True,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+        offset: int = 0,
     ) -> list[Job]:
-        where, params = [], []
-        if state is not None:
-            where.append("state = ?")
-            params.append(state.value)
-        if task is not None:
-            where.append("task = ?")
-            params.append(task)
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state.value if state else None), ("task", task),
+                              ("queue", queue)):  # fmt: skip
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if id_prefix:
+            where.append("substr(id, 1, ?) = ?")
+            params += [len(id_prefix), id_prefix]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        columns = _COLUMNS if with_results else _COLUMNS.replace(" result,", " NULL,")
+        columns = COLUMNS if with_results else COLUMNS.replace(" result,", " NULL,")
         rows = self._read(
-            f"SELECT {columns} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id LIMIT ?",
-            [*params, limit],
+            f"SELECT {columns} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id "
+            "LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
-        return [_row_to_job(row) for row in rows]
+        return [row_to_job(row) for row in rows]
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._read("SELECT queue, state, COUNT(*) FROM spoolkit_jobs GROUP BY queue, state")
+        return {(queue, state): int(count) for queue, state, count in rows}
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Through the (state, updated_at) index: a job's last update is its finish,
+        or later (``updated_at >= finished_at``), so the range holds every one."""
+        marks, finished = _marks(FINISHED)
+        rows = self._read(
+            f"SELECT state, COUNT(*) FROM spoolkit_jobs WHERE state IN ({marks}) "
+            "AND updated_at >= ? AND finished_at >= ? GROUP BY state",
+            [*finished, since, since],
+        )
+        found = dict(rows)
+        return {state.value: int(found.get(state.value, 0)) for state in FINISHED}
+
+    def changed_since(self, after: float, limit: int) -> list[Job]:
+        """Every state named, so SQLite walks the (state, updated_at) index once per
+        state instead of reading every row; results are left out."""
+        marks = ",".join("?" * len(JobState))
+        columns = COLUMNS.replace(" result,", " NULL,")
+        rows = self._read(
+            f"SELECT {columns} FROM spoolkit_jobs WHERE state IN ({marks}) AND updated_at > ? "
+            "ORDER BY updated_at, id LIMIT ?",
+            [*(state.value for state in JobState), after, limit],
+        )
+        return [row_to_job(row) for row in rows]
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        return stats.by_task(self._read("SELECT task, series, value FROM spoolkit_stats"))
 
     def counts(self) -> dict[str, int]:
         rows = self._read("SELECT state, COUNT(*) FROM spoolkit_jobs GROUP BY state")
@@ -516,21 +512,21 @@ class SQLiteStore:  # implements store.Store
         """
         finished_marks, finished = _marks(FINISHED)
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM spoolkit_jobs "
+            f"SELECT {COLUMNS} FROM spoolkit_jobs "
             f"WHERE id > ? AND state NOT IN ({finished_marks}) AND updated_at < ? "
             "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT ?",
             [after_id, *finished, updated_before, limit],
         )
-        return [_row_to_job(row) for row in rows]
+        return [row_to_job(row) for row in rows]
 
     def due_parked(self, until: float, limit: int) -> list[Job]:
         """Parked jobs (scheduled, no spool file) due by ``until``, soonest first."""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
+            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
             "AND spool_file IS NULL AND scheduled_for <= ? ORDER BY scheduled_for LIMIT ?",
             [until, limit],
         )
-        return [_row_to_job(row) for row in rows]
+        return [row_to_job(row) for row in rows]
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, without waiting for readers (PASSIVE).
@@ -562,8 +558,8 @@ class SQLiteStore:  # implements store.Store
         back instead (``replayed``), or ``IdempotencyConflict`` when it was another
         task or other arguments; the unique index makes concurrent inserts agree.
         """
-        values, recorded = _new_row(new)
-        sql = _INSERT
+        values, recorded = new_row(new)
+        sql = INSERT
         key = new.idempotency_key
         if key is None:
             self._statement(sql, values, durable=True)
@@ -620,11 +616,11 @@ class SQLiteStore:  # implements store.Store
             "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + 1, started_at = ?, "
             "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? "
             f"WHERE id = ? AND spool_file = ? AND state IN ({waiting_marks}) "
-            f"AND (scheduled_for IS NULL OR scheduled_for <= ?) RETURNING {_COLUMNS}",
+            f"AND (scheduled_for IS NULL OR scheduled_for <= ?) RETURNING {COLUMNS}",
             [JobState.RUNNING.value, now, instance, pid, now, job_id, delivery, *waiting, now],
         ).fetchone()
         if claimed is not None:
-            return ClaimAction.RUN, _row_to_job(claimed)
+            return ClaimAction.RUN, row_to_job(claimed)
         with self._write() as conn:
             job = self._fetch(conn, job_id)
             action = decide_claim(job, delivery, instance, now, is_alive)
@@ -668,13 +664,13 @@ class SQLiteStore:  # implements store.Store
 
         def work(conn: sqlite3.Connection) -> bool:
             current = conn.execute(
-                f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE id = ? AND state = ? "
+                f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = ? AND state = ? "
                 "AND runner_pid = ?",
                 (job_id, JobState.RUNNING.value, runner_pid),
             ).fetchone()
             if current is None:
                 return False
-            job = _row_to_job(current)
+            job = row_to_job(current)
             label = outcome or ("succeeded" if error is None else "failed")
             retry = retry_at
             if job.abort_requested:
@@ -694,7 +690,7 @@ class SQLiteStore:  # implements store.Store
                  error.type if error else None, error.message if error else None,
                  error.traceback if error else None, park and retry is not None, job_id),
             )  # fmt: skip
-            _remember(conn, job, now, label, error)
+            _remember(conn, job, now, label, error, state if state.is_finished else None)
             if follow_up is not None and state.is_finished:
                 done = self._fetch(conn, job_id)
                 assert done is not None
@@ -734,8 +730,10 @@ class SQLiteStore:  # implements store.Store
             conn.execute(f"UPDATE spoolkit_jobs SET {sets} WHERE id = ?", [*params, job_id])
             changed = self._fetch(conn, job_id)
             assert changed is not None
-            if follow_up is not None and changed.state.is_finished:
-                _record_follow_ups(conn, follow_up(changed))
+            if changed.state.is_finished:  # a waiting job cancelled: no attempt ended
+                _add_totals(conn, changed.task, stats.finished_series(changed.state.value))
+                if follow_up is not None:
+                    _record_follow_ups(conn, follow_up(changed))
             return changed
 
         return self._transact(work, durable=True)
@@ -773,11 +771,11 @@ class SQLiteStore:  # implements store.Store
     def aborting(self, requested_before: float) -> list[Job]:
         """Running jobs whose abort was requested before ``requested_before``."""
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM spoolkit_jobs WHERE abort_requested IS NOT NULL "
+            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE abort_requested IS NOT NULL "
             "AND state = 'running' AND abort_requested < ?",
             (requested_before,),
         )
-        return [_row_to_job(row) for row in rows]
+        return [row_to_job(row) for row in rows]
 
     def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
         """Queue a failed or cancelled job again, with a fresh attempt budget."""
@@ -785,11 +783,11 @@ class SQLiteStore:  # implements store.Store
             job_id,
             RETRYABLE,
             "retried",
-            "state = ?, attempts = 0, scheduled_for = NULL, started_at = NULL, "
+            "state = ?, attempts = 0, scheduled_for = ?, started_at = NULL, "
             "finished_at = NULL, progress = NULL, result = NULL, error_type = NULL, "
             "error_message = NULL, error_traceback = NULL, spool_file = ?, runner = NULL, "
             "runner_pid = NULL, abort_requested = NULL, updated_at = ?",
-            [JobState.QUEUED.value, spool_file, now],
+            [JobState.QUEUED.value, now, spool_file, now],
         )
 
     def reassign(self, job: Job, spool_file: str | None, now: float, *, requeue: bool) -> bool:
@@ -811,9 +809,17 @@ class SQLiteStore:  # implements store.Store
             )
         return cursor.rowcount == 1
 
-    def purge(self, finished_before: float, limit: int = 1000) -> int:
-        """Delete up to ``limit`` finished jobs older than ``finished_before``."""
-        marks, finished = _marks(FINISHED)
+    def purge(
+        self,
+        finished_before: float,
+        limit: int = 1000,
+        states: Collection[JobState] = FINISHED,
+    ) -> int:
+        """Delete up to ``limit`` jobs in ``states`` (finished ones) older than
+        ``finished_before``."""
+        if not set(states) <= FINISHED:
+            raise ValueError("only finished jobs can be purged")
+        marks, finished = _marks(states)
         with self._write() as conn:
             doomed = [
                 row[0]
@@ -858,7 +864,7 @@ class SQLiteStore:  # implements store.Store
             if moved != 1:
                 return False
             if job is not None:
-                conn.execute(_INSERT, _new_row(job)[0])
+                conn.execute(INSERT, new_row(job)[0])
                 conn.execute(
                     "UPDATE spoolkit_jobs SET periodic_slot = ? WHERE id = ?", (slot, job.id)
                 )

@@ -10,20 +10,24 @@ two processes racing on one job cannot both win.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction
 from .queues import DEFAULT_QUEUE
-from .states import JobState
+from .states import FINISHED, JobState
 
 #: ``set_meta`` key: when the housekeeper last finished a pass (unix seconds).
 HOUSEKEEPER_BEAT = "housekeeper"
 #: ``set_meta`` key: the spoolers alive per queue the housekeeper last saw (JSON,
 #: ``{"at": unix seconds, "queues": {name: count}}``), for the CLI outside uWSGI.
 SPOOLERS_SEEN = "spoolers"
+#: ``set_meta`` key: the hosts whose housekeeper last passed, and when (JSON,
+#: ``{hostname: unix seconds}``). Until multi-host mode exists, a store is served by
+#: one host: ``/healthz`` says so when another host's housekeeper uses it too.
+HOSTS_SEEN = "hosts"
 
 
 @dataclass(frozen=True)
@@ -106,12 +110,33 @@ class Store(Protocol):
         limit: int = 50,
         *,
         with_results: bool = True,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+        offset: int = 0,
     ) -> list[Job]:
-        """Newest first; ``with_results=False`` leaves every ``result`` out (``None``)."""
+        """Newest first, skipping ``offset``; ``with_results=False`` leaves every
+        ``result`` out (``None``). ``id_prefix``: ids that start with it."""
         ...
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present."""
+        ...
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per ``(queue, state)``; pairs without any left out."""
+        ...
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Jobs that reached each final state at or after ``since``, every final state present."""
+        ...
+
+    def changed_since(self, after: float, limit: int) -> list[Job]:
+        """Jobs whose row changed after ``after`` (``updated_at``), oldest change first,
+        without results: what ``flask spoolkit tail`` follows."""
+        ...
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        """Every task's running totals (``stats.py``): ``{task: {series: value}}``."""
         ...
 
     def queue_counts(self, now: float) -> dict[str, QueueCounts]:
@@ -133,6 +158,9 @@ class Store(Protocol):
 
     def checkpoint(self) -> None:
         """Maintenance the housekeeper does off the hot path (SQLite: the WAL)."""
+
+    def close(self) -> None:
+        """Close the connections this process holds; the next call opens new ones."""
 
     # -- writing
     def insert(self, new: NewJob) -> Job:
@@ -198,8 +226,14 @@ class Store(Protocol):
         """Point a job at a new delivery if its row is still exactly as ``job`` saw it."""
         ...
 
-    def purge(self, finished_before: float, limit: int = 1000) -> int:
-        """Delete up to ``limit`` jobs finished before ``finished_before``; how many."""
+    def purge(
+        self,
+        finished_before: float,
+        limit: int = 1000,
+        states: Collection[JobState] = FINISHED,
+    ) -> int:
+        """Delete up to ``limit`` jobs in ``states`` (final ones only: ``ValueError``
+        otherwise) finished before ``finished_before``; how many. Totals stay."""
         ...
 
     # -- periodic schedules

@@ -130,7 +130,7 @@ def test_config_precedence_app_then_environment_then_default(
     ("key", "value", "message"),
     [("SPOOLKIT_EAGER", "maybe", "boolean"), ("SPOOLKIT_LOCAL_WORKERS", "two", "SPOOLKIT_LOCAL_WORKERS"),
      ("SPOOLKIT_LOCAL_WORKERS", "0", "must be > 0"), ("SPOOLKIT_SYNC", "fast", "full, normal"),
-     ("SPOOLKIT_DATABASE", "postgresql://db/x", "not supported yet"),
+     ("SPOOLKIT_DATABASE", "mysql://db/x", "not supported"),
      ("SPOOLKIT_SPOOLER_NICE", "25", "between -20 and 19"),
      ("SPOOLKIT_SPOOLER_NICE", "low", "SPOOLKIT_SPOOLER_NICE")],
 )  # fmt: skip
