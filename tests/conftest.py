@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from spoolkit.sqlite import SQLiteStore
 
+from .pg import pg_dsn, pg_template, postgres  # noqa: F401 (fixtures)
 from .reporting import SOAK
 from .standin import StandinUwsgi, install, make_store
 from .support import UWSGI, UwsgiServer, make_app

@@ -1,7 +1,8 @@
 """The store contract (spoolkit.store.Store), run against every store implementation.
 
 A new store is one more entry in ``IMPLEMENTATIONS``: each test gets a fresh,
-empty store from it. SQLite runs on a real file in a temp directory.
+empty store from it. SQLite runs on a real file in a temp directory; PostgreSQL
+on a real server the test set-up starts (tests/pg.py), a fresh database per test.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from spoolkit.errors import InvalidJobState, JobNotFound
 from spoolkit.job import JobError, Progress
 from spoolkit.lifecycle import ClaimAction
+from spoolkit.postgres import PostgresStore
 from spoolkit.sqlite import SQLiteStore
 from spoolkit.states import JobState
 from spoolkit.store import HOUSEKEEPER_BEAT, NewJob, Store
@@ -22,19 +24,20 @@ from spoolkit.store import HOUSEKEEPER_BEAT, NewJob, Store
 ME = "host:1:50:0"
 
 
-def _sqlite(tmp_path: Path) -> Store:
-    return SQLiteStore(str(tmp_path / "sub" / "jobs.db"))
-
-
-#: Every store implementation, by name: a factory of an empty store in a temp directory.
-IMPLEMENTATIONS: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+#: Every store implementation, by name: a factory of an empty store, given the test's
+#: temp directory and its fixtures (PostgreSQL: a fresh database on the test server).
+IMPLEMENTATIONS: dict[str, Callable[[Path, pytest.FixtureRequest], Store]] = {
+    "sqlite": lambda tmp_path, request: SQLiteStore(str(tmp_path / "sub" / "jobs.db")),
+    "postgres": lambda tmp_path, request: PostgresStore(request.getfixturevalue("pg_dsn")),
+}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    store = IMPLEMENTATIONS[request.param](tmp_path)
+    store = IMPLEMENTATIONS[request.param](tmp_path, request)
     store.setup()
     yield store
+    store.close()
 
 
 def _new(store: Store, job_id: str = "a" * 22, run_at: float | None = None, **kw: object) -> None:
@@ -125,7 +128,8 @@ def test_cancel_and_restart(store: Store) -> None:
         store.cancel("z" * 22, 151.0)
     again = store.restart("a" * 22, "new-file", 160.0)
     assert (again.state, again.attempts, again.spool_file) == (JobState.QUEUED, 0, "new-file")
-    assert again.scheduled_for is None and again.finished_at is None
+    # Due from the retry: its wait, and its queue's oldest-ready age, count from then.
+    assert again.scheduled_for == 160.0 and again.finished_at is None
     with pytest.raises(InvalidJobState):
         store.restart("a" * 22, "x", 170.0)
 
@@ -266,3 +270,86 @@ def test_the_filters_of_the_list(store: Store) -> None:
     assert store.counts() == {
         "queued": 1, "scheduled": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 1,
     }  # fmt: skip
+
+
+# -- what the dashboard, /metrics and the CLI read ----------------------------------------
+
+
+def test_list_filters_by_queue_and_id_prefix_and_pages(store: Store) -> None:
+    for i in range(5):
+        _new(store, f"{'ab' if i < 3 else 'cd'}{i:020d}", created_at=100.0 + i,
+             queue="slow" if i % 2 else "default")  # fmt: skip
+    newest_first = [job.id for job in store.list_jobs(limit=10)]
+    assert newest_first == [f"{p}{i:020d}" for p, i in (("cd", 4), ("cd", 3), ("ab", 2),
+                                                         ("ab", 1), ("ab", 0))]  # fmt: skip
+    assert [job.id for job in store.list_jobs(limit=2, offset=2)] == newest_first[2:4]
+    assert {job.id[:2] for job in store.list_jobs(id_prefix="ab")} == {"ab"}
+    assert len(store.list_jobs(id_prefix="ab")) == 3
+    assert store.list_jobs(id_prefix="ab_") == []  # no LIKE wildcards
+    assert {job.queue for job in store.list_jobs(queue="slow")} == {"slow"}
+    assert len(store.list_jobs(queue="slow", id_prefix="cd")) == 1
+
+
+def test_state_counts_and_finished_since(store: Store) -> None:
+    _new(store, "a" * 22)
+    _new(store, "b" * 22, queue="slow")
+    _new(store, "c" * 22, run_at=900.0)
+    store.cancel("c" * 22, 150.0)
+    assert store.state_counts() == {("default", "queued"): 1, ("slow", "queued"): 1,
+                                    ("default", "cancelled"): 1}  # fmt: skip
+    assert store.finished_since(150.0) == {"succeeded": 0, "failed": 0, "cancelled": 1}
+    assert store.finished_since(150.5)["cancelled"] == 0
+    assert _claim(store, "a" * 22, now=200.0) is ClaimAction.RUN
+    assert store.finish("a" * 22, 77, 210.0, result="1")
+    assert store.finished_since(200.0) == {"succeeded": 1, "failed": 0, "cancelled": 0}
+
+
+def test_changed_since_follows_updates_in_order(store: Store) -> None:
+    _new(store, "a" * 22, created_at=100.0)
+    _new(store, "b" * 22, created_at=101.0)
+    assert [job.id for job in store.changed_since(0.0, 10)] == ["a" * 22, "b" * 22]
+    _claim(store, "a" * 22, now=200.0)
+    changed = store.changed_since(101.0, 10)
+    assert [(job.id, job.state) for job in changed] == [("a" * 22, JobState.RUNNING)]
+    assert changed[0].result is None
+    assert store.changed_since(200.0, 10) == []
+    assert len(store.changed_since(0.0, 1)) == 1
+
+
+def test_totals_count_attempts_runs_waits_and_final_states(store: Store) -> None:
+    _new(store, "a" * 22, created_at=100.0)
+    _new(store, "b" * 22, created_at=100.0, run_at=150.0)
+    _new(store, "c" * 22, created_at=100.0, run_at=900.0)
+    assert _claim(store, "a" * 22, now=100.2) is ClaimAction.RUN
+    assert store.finish("a" * 22, 77, 100.5, result="1")  # waited 0.2 s, ran 0.3 s
+    assert _claim(store, "b" * 22, now=160.0) is ClaimAction.RUN
+    error = JobError("ValueError", "bad")
+    assert store.finish("b" * 22, 77, 165.0, error=error, retry_at=170.0, outcome="retry")
+    assert _claim(store, "b" * 22, now=170.0) is ClaimAction.RUN
+    assert store.finish("b" * 22, 77, 171.0, error=error)  # no wait after its backoff
+    store.cancel("c" * 22, 172.0)
+    totals = store.totals()["t"]
+    assert totals["attempt:succeeded"] == 1 and totals["attempt:retry"] == 1
+    assert totals["attempt:failed"] == 1
+    assert (totals["finished:succeeded"], totals["finished:failed"],
+            totals["finished:cancelled"]) == (1, 1, 1)  # fmt: skip
+    assert totals["duration:0.5"] == 1 and totals["duration:5.0"] == 1
+    assert totals["duration:1.0"] == 1
+    assert totals["duration:sum"] == pytest.approx(0.3 + 5.0 + 1.0)
+    assert totals["wait:0.25"] == 1 and totals["wait:10.0"] == 1 and totals["wait:0.005"] == 1
+    assert totals["wait:sum"] == pytest.approx(0.2 + 10.0)
+    store.purge(1000.0)
+    assert store.get("a" * 22) is None
+    assert store.totals()["t"] == totals  # purging never lowers a counter
+
+
+def test_purge_by_state(store: Store) -> None:
+    _new(store, "a" * 22, run_at=900.0)
+    _new(store, "b" * 22)
+    store.cancel("a" * 22, 150.0)
+    _claim(store, "b" * 22)
+    store.finish("b" * 22, 77, 210.0, error=JobError("E", "x"), retry_at=None)
+    with pytest.raises(ValueError, match="finished"):
+        store.purge(1000.0, states=[JobState.QUEUED])
+    assert store.purge(1000.0, states=[JobState.CANCELLED]) == 1
+    assert store.get("a" * 22) is None and store.get("b" * 22) is not None

@@ -1,0 +1,782 @@
+"""Jobs in PostgreSQL: the store for more than one machine (``SPOOLKIT_DATABASE=postgresql://``).
+
+The same contract as :class:`~spoolkit.sqlite.SQLiteStore` (``store.Store``,
+checked by ``tests/test_store_contract.py`` against both), on an engine built
+for many writers on many hosts. What differs, and why:
+
+- **Concurrency.** SQLite runs one write transaction at a time (``BEGIN
+  IMMEDIATE``); PostgreSQL runs them side by side, so every read-then-write
+  takes the row lock first (``SELECT ... FOR UPDATE``) and every state change
+  stays a conditional ``UPDATE``: two processes racing on one job still cannot
+  both win. Idempotency keys and periodic slots rest on unique indexes and
+  ``INSERT ... ON CONFLICT``, which wait for a competing transaction to end.
+- **Durability.** Every commit is as durable as the server's
+  ``synchronous_commit`` makes it (on by default: the WAL is flushed before
+  ``COMMIT`` returns), the promise behind a ``202``. Writes that need not be
+  (a claim, progress, an outcome: a lost one makes the job run again, which
+  at-least-once allows) set ``synchronous_commit = off`` for their own
+  transaction, as the SQLite store uses ``synchronous=NORMAL`` for them.
+- **Errors.** A lost connection, a server that is down or restarting, a lock
+  wait past the timeout, a serialization failure or deadlock are retried for
+  up to ``timeout`` seconds, then raise ``StoreUnavailable`` (``503``);
+  ``patient`` writes (outcomes) keep trying until they land.
+- **Text.** PostgreSQL's ``text`` cannot hold NUL characters: error messages
+  and tracebacks have them escaped (``\\x00``); arguments and results are JSON,
+  which escapes them already.
+
+Connections are per process and thread, opened lazily, so a store built
+before uWSGI forks is safe to use in every worker and spooler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from . import stats
+from .errors import IdempotencyConflict, InvalidJobState, JobNotFound, StoreUnavailable
+from .job import Attempt, Job, JobError, Progress
+from .lifecycle import ClaimAction, decide_claim
+from .rows import COLUMNS, HISTORY_LIMIT, INSERT, new_row, row_to_job
+from .states import FINISHED, RETRYABLE, WAITING, JobState
+from .store import FollowUp, NewJob, QueueCounts, SlotRecord
+
+log = logging.getLogger("spoolkit.store")
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 3
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spoolkit_jobs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    backoff DOUBLE PRECISION NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    scheduled_for DOUBLE PRECISION,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    updated_at DOUBLE PRECISION NOT NULL,
+    progress TEXT,
+    result TEXT,
+    error_type TEXT,
+    error_message TEXT,
+    error_traceback TEXT,
+    spool_file TEXT,
+    runner TEXT,
+    runner_pid INTEGER,
+    origin TEXT NOT NULL DEFAULT 'spoolkit',
+    parent_id TEXT,
+    on_success TEXT,
+    on_failure TEXT,
+    callback_url TEXT,
+    timeout DOUBLE PRECISION,
+    abort_requested DOUBLE PRECISION,
+    idempotency_key TEXT,
+    idempotency_hash TEXT,
+    periodic_slot DOUBLE PRECISION,
+    queue TEXT NOT NULL DEFAULT 'default'
+);
+CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spoolkit_attempts (
+    seq BIGSERIAL PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION,
+    outcome TEXT NOT NULL,
+    error_type TEXT,
+    error_message TEXT,
+    runner_pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS spoolkit_periodic (
+    name TEXT PRIMARY KEY,
+    last_slot DOUBLE PRECISION NOT NULL,
+    fired_slot DOUBLE PRECISION,
+    fired_job TEXT,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spoolkit_stats (
+    task TEXT NOT NULL,
+    series TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (task, series)
+);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_state ON spoolkit_jobs (state, updated_at);
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_parked ON spoolkit_jobs (scheduled_for)
+    WHERE state = 'scheduled' AND spool_file IS NULL;
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_parent ON spoolkit_jobs (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS spoolkit_jobs_key ON spoolkit_jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_aborting ON spoolkit_jobs (abort_requested)
+    WHERE abort_requested IS NOT NULL AND state = 'running';
+CREATE INDEX IF NOT EXISTS spoolkit_attempts_job ON spoolkit_attempts (job_id, seq);
+"""
+#: Serialises schema set-up between processes and hosts starting at once.
+_SETUP_LOCK = zlib.crc32(b"spoolkit schema")
+#: Errors worth another try: the server is away, restarting, or the transaction lost a race.
+_TRANSIENT: tuple[type[Exception], ...] = (
+    psycopg.OperationalError,
+    pgerrors.SerializationFailure,
+    pgerrors.DeadlockDetected,
+    pgerrors.LockNotAvailable,
+)
+# Connections inherited through fork() are never closed in the child (closing
+# would end the parent's session); they are parked here instead.
+_INHERITED: list[psycopg.Connection[Any]] = []
+
+
+def pg(sql: str) -> str:
+    """A statement written with ``?`` placeholders in psycopg's ``%s`` style."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+_INSERT = pg(INSERT)
+_ROW = f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = %s"
+
+
+def redact(dsn: str) -> str:
+    """The address without its password, for logs and errors."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _clean(text: str | None) -> str | None:
+    """Text PostgreSQL can store: NUL escaped, lone surrogates escaped."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _marks(values: Collection[JobState]) -> tuple[str, list[str]]:
+    return ",".join(["%s"] * len(values)), [state.value for state in values]
+
+
+class PostgresStore:  # implements store.Store
+    """Jobs in one PostgreSQL database, shared by every process on every host."""
+
+    def __init__(self, dsn: str, timeout: float = 10.0) -> None:
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"not a PostgreSQL address: {redact(dsn)!r}")
+        self.dsn = dsn
+        self.path = redact(dsn)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._opened: list[tuple[int, psycopg.Connection[Any]]] = []
+        self._guard = threading.Lock()
+
+    # -- connections -----------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(
+            self.dsn, autocommit=True, connect_timeout=max(1, int(self.timeout)),
+            application_name=f"spoolkit[{os.getpid()}]",
+        )  # fmt: skip
+        # A lock wait longer than the store timeout is an error (retried, then 503),
+        # never a request hanging on another transaction.
+        conn.execute(f"SET lock_timeout = {int(self.timeout * 1000)}")
+        with self._guard:
+            self._opened = [(pid, c) for pid, c in self._opened if not c.closed]
+            self._opened.append((os.getpid(), conn))
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this process opened (any thread's)."""
+        with self._guard:
+            mine = [c for pid, c in self._opened if pid == os.getpid()]
+            self._opened = [(pid, c) for pid, c in self._opened if pid != os.getpid()]
+        for conn in mine:
+            conn.close()
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """This thread's connection, opened again after a fork or once it broke."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            inherited = getattr(local, "conn", None)
+            if inherited is not None:
+                _INHERITED.append(inherited)
+            local.conn, local.pid = None, os.getpid()
+        conn: psycopg.Connection[Any] | None = local.conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            conn = local.conn = self._connect()
+        return conn
+
+    def _forget(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+            self._local.conn = None
+
+    def _locked(self, attempt: Callable[[], T], *, patient: bool = False) -> T:
+        """``attempt()`` until it gets through: transient errors are tried again for
+        ``timeout`` seconds (``patient``: until it is done, backing off to 5 s)."""
+        deadline = time.monotonic() + self.timeout
+        pause, failures = 0.01, 0
+        while True:
+            try:
+                return attempt()
+            except _TRANSIENT as exc:
+                if isinstance(exc, psycopg.OperationalError) and not isinstance(
+                    exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected
+                    | pgerrors.LockNotAvailable
+                ):
+                    self._forget()  # the connection may be gone: a new one next time
+                if not patient and time.monotonic() >= deadline:
+                    raise StoreUnavailable(f"job store {self.path}: {_first_line(exc)}") from exc
+                failures += 1
+                if patient and failures % 10 == 1:
+                    log.warning("job store unavailable, will keep trying: %s", _first_line(exc))
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0 if patient else 0.5)
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"job store {self.path}: {_first_line(exc)}") from exc
+
+    def _transact(
+        self,
+        work: Callable[[psycopg.Connection[Any]], T],
+        *,
+        durable: bool = True,
+        patient: bool = False,
+    ) -> T:
+        """``work(conn)`` in one transaction, tried again whole after a transient error."""
+
+        def attempt() -> T:
+            conn = self._connection()
+            with conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                return work(conn)
+
+        return self._locked(attempt, patient=patient)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._locked(lambda: self._connection().execute(sql, params).fetchall())
+
+    @staticmethod
+    def _fetch(conn: psycopg.Connection[Any], job_id: str, lock: bool = False) -> Job | None:
+        row = conn.execute(_ROW + (" FOR UPDATE" if lock else ""), (job_id,)).fetchone()
+        return row_to_job(row) if row else None
+
+    def setup(self) -> None:
+        """Create what is missing (under an advisory lock: several nodes may start at
+        once), then close: safe to call before forking."""
+        try:
+            with self._connect() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
+                conn.execute(_SCHEMA)
+                conn.execute(
+                    "INSERT INTO spoolkit_meta (key, value) VALUES ('schema', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot set up the job store {self.path}: {_first_line(exc)}"
+            ) from exc
+
+    def check(self) -> None:
+        """A write commits now (the server is up, the database writable)."""
+        self.set_meta("checked", repr(time.time()))
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints and vacuums by itself."""
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        def read(conn: psycopg.Connection[Any]) -> Job | None:
+            job = self._fetch(conn, job_id)
+            if job is None:
+                return None
+            children = conn.execute(
+                "SELECT id FROM spoolkit_jobs WHERE parent_id = %s ORDER BY created_at, id",
+                (job_id,),
+            ).fetchall()
+            attempts = conn.execute(
+                "SELECT attempt, started_at, finished_at, outcome, error_type, error_message, "
+                "runner_pid FROM spoolkit_attempts WHERE job_id = %s ORDER BY seq",
+                (job_id,),
+            ).fetchall()
+            history = tuple(
+                Attempt(number, started, finished, outcome,
+                        JobError(etype, emessage or "") if etype else None, pid)
+                for number, started, finished, outcome, etype, emessage, pid in attempts
+            )  # fmt: skip
+            return replace(job, callbacks=tuple(row[0] for row in children), history=history)
+
+        return self._transact(read)
+
+    def payload(self, job_id: str) -> str:
+        found = self._read("SELECT payload FROM spoolkit_jobs WHERE id = %s", (job_id,))
+        if not found:
+            raise JobNotFound(f"no job {job_id!r}")
+        return str(found[0][0])
+
+    def list_jobs(
+        self,
+        state: JobState | None = None,
+        task: str | None = None,
+        limit: int = 50,
+        *,
+        with_results: bool = True,
+        queue: str | None = None,
+        id_prefix: str | None = None,
+        offset: int = 0,
+    ) -> list[Job]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("state", state.value if state else None), ("task", task),
+                              ("queue", queue)):  # fmt: skip
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if id_prefix:
+            where.append("left(id, %s) = %s")
+            params += [len(id_prefix), id_prefix]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        columns = COLUMNS if with_results else COLUMNS.replace(" result,", " NULL,")
+        found = self._read(
+            f"SELECT {columns} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id "
+            "LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
+        return [row_to_job(row) for row in found]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._read("SELECT state, COUNT(*) FROM spoolkit_jobs GROUP BY state"))
+        return {state.value: int(found.get(state.value, 0)) for state in JobState}
+
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        found = self._read("SELECT queue, state, COUNT(*) FROM spoolkit_jobs GROUP BY queue, state")
+        return {(queue, state): int(count) for queue, state, count in found}
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        marks, finished = _marks(FINISHED)
+        found = dict(self._read(
+            f"SELECT state, COUNT(*) FROM spoolkit_jobs WHERE state IN ({marks}) "
+            "AND updated_at >= %s AND finished_at >= %s GROUP BY state",
+            [*finished, since, since],
+        ))  # fmt: skip
+        return {state.value: int(found.get(state.value, 0)) for state in FINISHED}
+
+    def changed_since(self, after: float, limit: int) -> list[Job]:
+        columns = COLUMNS.replace(" result,", " NULL,")
+        found = self._read(
+            f"SELECT {columns} FROM spoolkit_jobs WHERE updated_at > %s "
+            "ORDER BY updated_at, id LIMIT %s",
+            [after, limit],
+        )
+        return [row_to_job(row) for row in found]
+
+    def totals(self) -> dict[str, dict[str, float]]:
+        return stats.by_task(self._read("SELECT task, series, value FROM spoolkit_stats"))
+
+    def queue_counts(self, now: float) -> dict[str, QueueCounts]:
+        found = self._read(
+            "SELECT queue, CASE WHEN state = 'scheduled' AND scheduled_for > %s THEN 'later' "
+            "ELSE state END AS kind, COUNT(*), MIN(COALESCE(scheduled_for, created_at)) "
+            "FROM spoolkit_jobs WHERE state IN ('queued', 'scheduled', 'running') "
+            "GROUP BY queue, kind",
+            (now,),
+        )
+        tally: dict[str, dict[str, Any]] = {}
+        for queue, kind, count, since in found:
+            entry = tally.setdefault(queue, {"ready": 0, "scheduled": 0, "running": 0,
+                                             "oldest_ready": None})  # fmt: skip
+            if kind == "later":
+                entry["scheduled"] += count
+            elif kind == JobState.RUNNING.value:
+                entry["running"] += count
+            else:
+                entry["ready"] += count
+                oldest = entry["oldest_ready"]
+                entry["oldest_ready"] = since if oldest is None else min(oldest, since)
+        return {queue: QueueCounts(**entry) for queue, entry in tally.items()}
+
+    def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
+        marks, finished = _marks(FINISHED)
+        found = self._read(
+            f"SELECT {COLUMNS} FROM spoolkit_jobs "
+            f"WHERE id > %s AND state NOT IN ({marks}) AND updated_at < %s "
+            "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT %s",
+            [after_id, *finished, updated_before, limit],
+        )
+        return [row_to_job(row) for row in found]
+
+    def due_parked(self, until: float, limit: int) -> list[Job]:
+        found = self._read(
+            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
+            "AND spool_file IS NULL AND scheduled_for <= %s ORDER BY scheduled_for LIMIT %s",
+            [until, limit],
+        )
+        return [row_to_job(row) for row in found]
+
+    def get_meta(self, key: str) -> str | None:
+        found = self._read("SELECT value FROM spoolkit_meta WHERE key = %s", (key,))
+        return str(found[0][0]) if found else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._transact(lambda conn: conn.execute(
+            "INSERT INTO spoolkit_meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value),
+        ), durable=False)  # fmt: skip
+
+    # -- writing ---------------------------------------------------------------------
+
+    def insert(self, new: NewJob) -> Job:
+        """Record an accepted job, durably; an idempotency key seen before returns its
+        first job (``replayed``) or ``IdempotencyConflict`` (see SQLiteStore.insert)."""
+        values, recorded = new_row(new)
+        key = new.idempotency_key
+        if key is None:
+            self._transact(lambda conn: conn.execute(_INSERT, values))
+            return recorded
+
+        def work(conn: psycopg.Connection[Any]) -> Job:
+            conn.execute(
+                "UPDATE spoolkit_jobs SET idempotency_key = NULL WHERE idempotency_key = %s "
+                "AND created_at < %s",
+                (key, new.created_at - new.idempotency_ttl),
+            )
+            # Waits for a concurrent insert of the same key to commit or roll back.
+            inserted = conn.execute(
+                _INSERT + " ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL "
+                "DO NOTHING RETURNING id",
+                values,
+            ).fetchone()
+            if inserted is not None:
+                return recorded
+            first = conn.execute(
+                "SELECT id, idempotency_hash FROM spoolkit_jobs WHERE idempotency_key = %s",
+                (key,),
+            ).fetchone()
+            if first is None:  # the holder of the key just let it go: try again whole
+                raise pgerrors.SerializationFailure("idempotency key released meanwhile")
+            if first[1] != new.idempotency_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} names job {first[0]}, of another task or with "
+                    "other arguments"
+                )
+            earlier = self._fetch(conn, first[0])
+            assert earlier is not None
+            return replace(earlier, replayed=True)
+
+        return self._transact(work)
+
+    def delete(self, job_id: str) -> None:
+        self._transact(lambda conn: conn.execute(
+            "DELETE FROM spoolkit_jobs WHERE id = %s", (job_id,)))  # fmt: skip
+
+    def claim(
+        self,
+        job_id: str,
+        delivery: str,
+        instance: str,
+        pid: int,
+        now: float,
+        is_alive: Callable[[int], bool],
+    ) -> tuple[ClaimAction, Job | None]:
+        """As SQLiteStore.claim: one conditional ``UPDATE ... RETURNING`` in the common
+        case, else the full decision on the locked row."""
+        waiting_marks, waiting = _marks(WAITING)
+
+        def work(conn: psycopg.Connection[Any]) -> tuple[ClaimAction, Job | None]:
+            claimed = conn.execute(
+                "UPDATE spoolkit_jobs SET state = %s, attempts = attempts + 1, started_at = %s, "
+                "finished_at = NULL, runner = %s, runner_pid = %s, updated_at = %s "
+                f"WHERE id = %s AND spool_file = %s AND state IN ({waiting_marks}) "
+                f"AND (scheduled_for IS NULL OR scheduled_for <= %s) RETURNING {COLUMNS}",
+                [JobState.RUNNING.value, now, instance, pid, now, job_id, delivery, *waiting,
+                 now],
+            ).fetchone()  # fmt: skip
+            if claimed is not None:
+                return ClaimAction.RUN, row_to_job(claimed)
+            job = self._fetch(conn, job_id, lock=True)
+            action = decide_claim(job, delivery, instance, now, is_alive)
+            if action is ClaimAction.RERUN and job is not None:
+                self._remember(conn, job, now, "interrupted", None)
+            if action in (ClaimAction.RUN, ClaimAction.RERUN):
+                counted = 1 if action is ClaimAction.RUN else 0
+                conn.execute(
+                    "UPDATE spoolkit_jobs SET state = %s, attempts = attempts + %s, "
+                    "started_at = %s, finished_at = NULL, runner = %s, runner_pid = %s, "
+                    "updated_at = %s WHERE id = %s",
+                    (JobState.RUNNING.value, counted, now, instance, pid, now, job_id),
+                )
+                job = self._fetch(conn, job_id)
+            return action, job
+
+        return self._transact(work, durable=False)
+
+    def finish(
+        self,
+        job_id: str,
+        runner_pid: int,
+        now: float,
+        *,
+        result: str | None = None,
+        error: JobError | None = None,
+        retry_at: float | None = None,
+        park: bool = False,
+        outcome: str | None = None,
+        follow_up: FollowUp | None = None,
+    ) -> bool:
+        """As SQLiteStore.finish, on the locked row."""
+        error = None if error is None else JobError(
+            _clean(error.type) or "", _clean(error.message) or "", _clean(error.traceback))
+
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            current = conn.execute(
+                _ROW + " AND state = %s AND runner_pid = %s FOR UPDATE",
+                (job_id, JobState.RUNNING.value, runner_pid),
+            ).fetchone()
+            if current is None:
+                return False
+            job = row_to_job(current)
+            label = outcome or ("succeeded" if error is None else "failed")
+            retry = retry_at
+            if job.abort_requested:
+                state, finished, label, retry = JobState.CANCELLED, now, "aborted", None
+            elif error is None:
+                state, finished = JobState.SUCCEEDED, now
+            elif retry is not None:
+                state, finished = JobState.SCHEDULED, None
+            else:
+                state, finished = JobState.FAILED, now
+            conn.execute(
+                "UPDATE spoolkit_jobs SET state = %s, finished_at = %s, updated_at = %s, "
+                "result = %s, scheduled_for = COALESCE(%s, scheduled_for), error_type = %s, "
+                "error_message = %s, error_traceback = %s, "
+                "spool_file = CASE WHEN %s THEN NULL ELSE spool_file END WHERE id = %s",
+                (state.value, finished, now, result, retry,
+                 error.type if error else None, error.message if error else None,
+                 error.traceback if error else None, park and retry is not None, job_id),
+            )  # fmt: skip
+            self._remember(conn, job, now, label, error, state if state.is_finished else None)
+            if follow_up is not None and state.is_finished:
+                done = self._fetch(conn, job_id)
+                assert done is not None
+                self._record(conn, follow_up(done))
+            return True
+
+        return self._transact(work, durable=False, patient=True)
+
+    @staticmethod
+    def _record(conn: psycopg.Connection[Any], jobs: Sequence[NewJob]) -> None:
+        for new in jobs:
+            conn.execute(_INSERT, new_row(new)[0])
+
+    @staticmethod
+    def _add_totals(conn: psycopg.Connection[Any], task: str, series: list[stats.Series]) -> None:
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO spoolkit_stats (task, series, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (task, series) DO UPDATE SET "
+                "value = spoolkit_stats.value + excluded.value",
+                [(task, name, value) for name, value in series],
+            )
+
+    def _remember(
+        self,
+        conn: psycopg.Connection[Any],
+        job: Job,
+        now: float,
+        outcome: str,
+        error: JobError | None,
+        final: JobState | None = None,
+    ) -> None:
+        """The ended attempt into the history (the last HISTORY_LIMIT kept) and the totals."""
+        self._add_totals(conn, job.task, stats.ended_attempt(
+            job, outcome, now, final.value if final else None))  # fmt: skip
+        conn.execute(
+            "INSERT INTO spoolkit_attempts (job_id, attempt, started_at, finished_at, outcome, "
+            "error_type, error_message, runner_pid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (job.id, job.attempts, job.started_at, now, outcome, error.type if error else None,
+             error.message if error else None, job.runner_pid),
+        )  # fmt: skip
+        if job.attempts > HISTORY_LIMIT:
+            conn.execute(
+                "DELETE FROM spoolkit_attempts WHERE job_id = %s AND seq NOT IN (SELECT seq "
+                "FROM spoolkit_attempts WHERE job_id = %s ORDER BY seq DESC LIMIT %s)",
+                (job.id, job.id, HISTORY_LIMIT),
+            )
+
+    def set_progress(self, job_id: str, progress: Progress, now: float) -> None:
+        self._transact(lambda conn: conn.execute(
+            "UPDATE spoolkit_jobs SET progress = %s, updated_at = %s WHERE id = %s AND state = %s",
+            (_clean(json.dumps(progress.__dict__)), now, job_id, JobState.RUNNING.value),
+        ), durable=False)  # fmt: skip
+
+    def _change(
+        self,
+        job_id: str,
+        allowed: frozenset[JobState],
+        action: str,
+        sets: str,
+        params: list[Any],
+        follow_up: FollowUp | None = None,
+    ) -> Job:
+        """Update one job, locked, if its state is in ``allowed``; else a named error."""
+
+        def work(conn: psycopg.Connection[Any]) -> Job:
+            job = self._fetch(conn, job_id, lock=True)
+            if job is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            if job.state not in allowed:
+                states = " or ".join(sorted(state.value for state in allowed))
+                raise InvalidJobState(
+                    f"job {job_id} is {job.state.value}; only {states} jobs can be {action}",
+                    state=job.state.value,
+                )
+            conn.execute(f"UPDATE spoolkit_jobs SET {sets} WHERE id = %s", [*params, job_id])
+            changed = self._fetch(conn, job_id)
+            assert changed is not None
+            if changed.state.is_finished:
+                self._add_totals(conn, changed.task, stats.finished_series(changed.state.value))
+                if follow_up is not None:
+                    self._record(conn, follow_up(changed))
+            return changed
+
+        return self._transact(work)
+
+    def cancel(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
+        return self._change(
+            job_id, WAITING, "cancelled", "state = %s, finished_at = %s, updated_at = %s",
+            [JobState.CANCELLED.value, now, now], follow_up,
+        )  # fmt: skip
+
+    def request_abort(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
+        try:
+            return self.cancel(job_id, now, follow_up)
+        except InvalidJobState as exc:
+            if exc.state != JobState.RUNNING.value:
+                raise InvalidJobState(
+                    f"job {job_id} is {exc.state}; only queued, scheduled or running jobs "
+                    "can be aborted",
+                    state=exc.state,
+                ) from None
+        return self._change(
+            job_id, frozenset({JobState.RUNNING}), "aborted",
+            "abort_requested = COALESCE(abort_requested, %s), updated_at = %s", [now, now],
+        )  # fmt: skip
+
+    def abort_requested(self, job_id: str) -> bool:
+        found = self._read(
+            "SELECT abort_requested IS NOT NULL FROM spoolkit_jobs WHERE id = %s", (job_id,)
+        )
+        return bool(found and found[0][0])
+
+    def aborting(self, requested_before: float) -> list[Job]:
+        found = self._read(
+            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE abort_requested IS NOT NULL "
+            "AND state = 'running' AND abort_requested < %s",
+            (requested_before,),
+        )
+        return [row_to_job(row) for row in found]
+
+    def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
+        return self._change(
+            job_id,
+            RETRYABLE,
+            "retried",
+            "state = %s, attempts = 0, scheduled_for = %s, started_at = NULL, "
+            "finished_at = NULL, progress = NULL, result = NULL, error_type = NULL, "
+            "error_message = NULL, error_traceback = NULL, spool_file = %s, runner = NULL, "
+            "runner_pid = NULL, abort_requested = NULL, updated_at = %s",
+            [JobState.QUEUED.value, now, spool_file, now],
+        )
+
+    def reassign(self, job: Job, spool_file: str | None, now: float, *, requeue: bool) -> bool:
+        sets = "spool_file = %s, updated_at = %s"
+        params: list[Any] = [spool_file, now]
+        if requeue:
+            sets += ", state = %s, runner = NULL, runner_pid = NULL"
+            params.append(JobState.QUEUED.value)
+        return self._transact(lambda conn: conn.execute(
+            f"UPDATE spoolkit_jobs SET {sets} WHERE id = %s AND state = %s "
+            "AND spool_file IS NOT DISTINCT FROM %s AND runner_pid IS NOT DISTINCT FROM %s",
+            [*params, job.id, job.state.value, job.spool_file, job.runner_pid],
+        ).rowcount == 1, durable=False)  # fmt: skip
+
+    def purge(
+        self,
+        finished_before: float,
+        limit: int = 1000,
+        states: Collection[JobState] = FINISHED,
+    ) -> int:
+        if not set(states) <= FINISHED:
+            raise ValueError("only finished jobs can be purged")
+        marks, finished = _marks(states)
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            doomed = [row[0] for row in conn.execute(
+                f"SELECT id FROM spoolkit_jobs WHERE state IN ({marks}) AND finished_at < %s "
+                "LIMIT %s FOR UPDATE SKIP LOCKED",
+                [*finished, finished_before, limit],
+            )]  # fmt: skip
+            if not doomed:
+                return 0
+            conn.execute("DELETE FROM spoolkit_attempts WHERE job_id = ANY(%s)", (doomed,))
+            return conn.execute("DELETE FROM spoolkit_jobs WHERE id = ANY(%s)", (doomed,)).rowcount
+
+        return self._transact(work, durable=False)
+
+    # -- periodic schedules ----------------------------------------------------------
+
+    def slots(self) -> dict[str, SlotRecord]:
+        found = self._read("SELECT name, last_slot, fired_slot, fired_job FROM spoolkit_periodic")
+        return {name: SlotRecord(last, fired, job) for name, last, fired, job in found}
+
+    def advance_slot(self, schedule: str, slot: float, now: float, job: NewJob | None) -> bool:
+        """As SQLiteStore.advance_slot: the conditional upsert waits for a competing
+        housekeeper's transaction, then sees its slot, so exactly one fires it."""
+
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            moved = conn.execute(
+                "INSERT INTO spoolkit_periodic AS p (name, last_slot, fired_slot, fired_job, "
+                "updated_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                "last_slot = excluded.last_slot, updated_at = excluded.updated_at, "
+                "fired_slot = COALESCE(excluded.fired_slot, p.fired_slot), "
+                "fired_job = COALESCE(excluded.fired_job, p.fired_job) "
+                "WHERE p.last_slot < excluded.last_slot",
+                (schedule, slot, None if job is None else slot,
+                 None if job is None else job.id, now),
+            ).rowcount  # fmt: skip
+            if moved != 1:
+                return False
+            if job is not None:
+                conn.execute(_INSERT, new_row(job)[0])
+                conn.execute(
+                    "UPDATE spoolkit_jobs SET periodic_slot = %s WHERE id = %s", (slot, job.id)
+                )
+            return True
+
+        return self._transact(work)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
