@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint typecheck pytest system-deps soak bench bench-quick bench-profile clean
+.PHONY: run test check lint typecheck pytest system-deps soak bench bench-quick bench-profile \
+	dashboard-screenshot clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +70,11 @@ bench-quick: bench/.venv/.installed system-deps
 # Where the kit's time goes per job (py-spy, strace -c; about a minute): bench/PROFILE.md.
 bench-profile: bench/.venv/.installed system-deps
 	$(BENCH)/python -m bench.profile
+
+# docs/dashboard.png: the jobs list with a render's progress bar mid-way, taken by the
+# dashboard's browser test in headless Chromium (about 20 s).
+dashboard-screenshot: $(VENV)/.dev-installed system-deps
+	SPOOLKIT_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(BIN)/pytest -q tests/test_dashboard_browser.py
 
 clean:
 	rm -rf $(VENV) bench/.venv .pytest_cache .mypy_cache .ruff_cache

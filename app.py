@@ -36,6 +36,9 @@ logging.basicConfig(
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
+    # FLASK_SECRET_KEY and other FLASK_* settings from the environment: the dashboard
+    # signs its sign-in cookie with SECRET_KEY when SPOOLKIT_API_TOKEN is set.
+    app.config.from_prefixed_env()
     app.config.from_mapping(
         RENDER_OUTPUT_DIR=os.environ.get(
             "RENDER_OUTPUT_DIR", os.path.join(app.root_path, "output")

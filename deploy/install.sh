@@ -10,15 +10,16 @@
 #                                               root: no apt, no systemctl, users in DIR/etc)
 #
 # Idempotent: running it again gives the same result. It never overwrites
-# /etc/spoolkit/spoolkit.env (your settings and API token) and never deletes
-# jobs unless --purge is given.
+# /etc/spoolkit/spoolkit.env (your settings and API token; it only adds a
+# FLASK_SECRET_KEY where one is missing) and never deletes jobs unless --purge
+# is given.
 #
 # What it does: Debian packages to build uWSGI; a system user "spoolkit";
 # the code in /opt/spoolkit (owned by root, read-only to the service) with a
 # venv in /opt/spoolkit/.venv; /var/lib/spoolkit (0700) for the spool and the
-# store; /etc/spoolkit/spoolkit.env (0640, a fresh API token); the systemd
-# unit, logrotate file and nginx site (available, not enabled); then enables
-# and (re)starts the service.
+# store; /etc/spoolkit/spoolkit.env (0640, a fresh API token and Flask secret
+# key); the systemd unit, logrotate file and nginx site (available, not
+# enabled); then enables and (re)starts the service.
 set -euo pipefail
 
 ROOT=""
@@ -126,12 +127,17 @@ install_code() {
         run install -m 0644 "$SRC/$file" "$APP_DIR/$file"
     done
     run install -m 0644 "$SRC/deploy/uwsgi-production.ini" "$APP_DIR/deploy/uwsgi-production.ini"
-    # Replace the package as a whole, so files deleted upstream go too.
+    # Replace the package as a whole, so files deleted upstream go too: its
+    # modules and the dashboard's templates and static files.
     run rm -rf "$APP_DIR/spoolkit"
-    run install -d -m 0755 "$APP_DIR/spoolkit"
-    for file in "$SRC"/spoolkit/*.py; do
-        run install -m 0644 "$file" "$APP_DIR/spoolkit/"
-    done
+    local path
+    while IFS= read -r path; do
+        run install -d -m 0755 "$APP_DIR/$path"
+    done < <(cd "$SRC" && find spoolkit -name __pycache__ -prune -o -type d -print | sort)
+    while IFS= read -r path; do
+        run install -m 0644 "$SRC/$path" "$APP_DIR/$path"
+    done < <(cd "$SRC" && find spoolkit -name __pycache__ -prune -o -type f \
+        \( -name '*.py' -o -path 'spoolkit/templates/*' -o -path 'spoolkit/static/*' \) -print | sort)
     say "venv in $APP_DIR/.venv (compiles uWSGI the first time)"
     if [ ! -x "$APP_DIR/.venv/bin/python" ]; then
         run "$PYTHON" -m venv "$APP_DIR/.venv"
@@ -140,24 +146,54 @@ install_code() {
         -r "$APP_DIR/requirements.txt"
 }
 
+random_secret() {
+    "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))'
+}
+
+# An env file written before the dashboard lacks FLASK_SECRET_KEY, and with a
+# token set the app refuses to start without one: add the line, change nothing else.
+add_secret_key() {
+    if grep -q '^FLASK_SECRET_KEY=' "$ENV_FILE"; then
+        say "keeping $ENV_FILE as it is"
+        return 0
+    fi
+    say "adding a new FLASK_SECRET_KEY to $ENV_FILE (the rest kept as it is)"
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "+ (append a random FLASK_SECRET_KEY to $ENV_FILE)"
+        return 0
+    fi
+    local secret last
+    secret=$(random_secret)
+    last=$(tail -c 1 "$ENV_FILE")
+    {
+        [ -z "$last" ] || echo  # the last line lacked its newline
+        echo "# Signs the dashboard's sign-in cookie (added by install.sh)."
+        echo "FLASK_SECRET_KEY=$secret"
+    } >> "$ENV_FILE"
+}
+
 install_state() {
     say "state $STATE_DIR (0700), logs $LOG_DIR, config $CONF_DIR"
     run install -d -o "$SK_UID" -g "$SK_GID" -m 0700 "$STATE_DIR"
     run install -d -o "$SK_UID" -g "$SK_GID" -m 0750 "$LOG_DIR"
     run install -d -o 0 -g "$SK_GID" -m 0750 "$CONF_DIR"
     if [ -e "$ENV_FILE" ]; then
-        say "keeping $ENV_FILE as it is"
+        add_secret_key
         return 0
     fi
-    say "writing $ENV_FILE with a new API token"
+    say "writing $ENV_FILE with a new API token and secret key"
     if [ "$DRY_RUN" = 1 ]; then
-        echo "+ (write $ENV_FILE from deploy/spoolkit.env.example with a random SPOOLKIT_API_TOKEN)"
+        echo "+ (write $ENV_FILE from deploy/spoolkit.env.example with a random" \
+            "SPOOLKIT_API_TOKEN and FLASK_SECRET_KEY)"
         return 0
     fi
-    local token tmp
-    token=$("$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(32))')
+    local token secret tmp
+    token=$(random_secret)
+    secret=$(random_secret)
     tmp=$(mktemp "$CONF_DIR/.spoolkit.env.XXXXXX")
-    sed "s|^SPOOLKIT_API_TOKEN=.*|SPOOLKIT_API_TOKEN=$token|" "$SRC/deploy/spoolkit.env.example" > "$tmp"
+    sed -e "s|^SPOOLKIT_API_TOKEN=.*|SPOOLKIT_API_TOKEN=$token|" \
+        -e "s|^FLASK_SECRET_KEY=.*|FLASK_SECRET_KEY=$secret|" \
+        "$SRC/deploy/spoolkit.env.example" > "$tmp"
     chown "0:$SK_GID" "$tmp"
     chmod 0640 "$tmp"
     mv "$tmp" "$ENV_FILE"

@@ -2,7 +2,11 @@
 # Debian packages the test suite drives for real: nginx (in front of uWSGI),
 # systemd-analyze (the unit), shellcheck (install.sh), logrotate (its config),
 # wrk (the load test and the benchmark), redis-server (the benchmark's peers),
-# strace (make bench-profile), chattr (the fault matrix makes the store immutable).
+# strace (make bench-profile), chattr (the fault matrix makes the store immutable),
+# chromium and chromium-driver (the dashboard's browser test drives /usr/bin/chromium
+# through /usr/bin/chromedriver; Selenium never downloads a browser or driver),
+# postgresql (the PostgreSQL store's tests start a server from its binaries),
+# prometheus (promtool checks deploy/prometheus/; a real Prometheus scrapes the kit).
 # Installs only what is missing; called by `make test`.
 set -euo pipefail
 
@@ -16,6 +20,10 @@ have wrk || need+=(wrk)
 have redis-server || need+=(redis-server)
 have strace || need+=(strace)
 have chattr || need+=(e2fsprogs)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
+have promtool || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

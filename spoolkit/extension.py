@@ -8,12 +8,13 @@ import logging
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import api, cli, runtime, webhook
+from . import api, cli, dashboard, metrics, runtime, webhook
 from .config import Config, load_config
 from .eager import EagerRunner
 from .errors import ConfigurationError
 from .job import Job
 from .local import LocalRunner
+from .postgres import PostgresStore
 from .registry import TaskRegistry, default_registry
 from .retry import RetryPolicy
 from .runner import Runner
@@ -21,6 +22,7 @@ from .service import JobService, current_service
 from .spooler import SpoolerRunner
 from .sqlite import SQLiteStore
 from .states import JobState
+from .store import Store
 from .task import EXTENSION_KEY, Task
 
 log = logging.getLogger("spoolkit")
@@ -66,8 +68,13 @@ class SpoolKit:
         # Where a housekeeping mule checkpoints the WAL every half second, the
         # high threshold only guards a set-up without the mule.
         autocheckpoint = 10_000 if runner_class.housekept else 1000
-        store = SQLiteStore(config.database, synchronous=config.sync, timeout=config.store_timeout,
-                            autocheckpoint=autocheckpoint)  # fmt: skip
+        store: Store
+        if config.uses_postgres:
+            store = PostgresStore(config.database, timeout=config.store_timeout)
+        else:
+            store = SQLiteStore(config.database, synchronous=config.sync,
+                                timeout=config.store_timeout,
+                                autocheckpoint=autocheckpoint)  # fmt: skip
         store.setup()
         # The webhook delivery task, with the attempts the settings give it.
         self.registry.register(Task(webhook.deliver, name=webhook.WEBHOOK_TASK, policy=RetryPolicy(
@@ -87,6 +94,10 @@ class SpoolKit:
         for error, handler in api.ERROR_HANDLERS:
             app.register_error_handler(error, handler)
         app.add_url_rule("/healthz", "spoolkit_health", api.health)
+        app.add_url_rule("/metrics", "spoolkit_metrics", metrics.serve)
+        if config.dashboard:
+            dashboard.check_setup(app.secret_key, config.api_token)
+            app.register_blueprint(dashboard.blueprint)
         app.cli.add_command(cli.group)
         log.info("%s mode, store %s, tasks: %s", runner.name, store.path,
                  ", ".join(self.registry.names()) or "none")  # fmt: skip

@@ -138,6 +138,15 @@ def progress_steps(steps: int) -> int:
 
 
 @spool
+def progress_slow(steps: int, seconds_per_step: float) -> int:
+    """Progress a watcher can see move: one step every ``seconds_per_step``."""
+    for done in range(1, steps + 1):
+        time.sleep(seconds_per_step)
+        current_job.progress(done, steps, f"step {done}")
+    return steps
+
+
+@spool
 def config_value(key: str) -> Any:
     return current_app.config[key]
 

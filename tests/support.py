@@ -43,6 +43,7 @@ def make_app(tmp_path: Path, **config: Any) -> Flask:
     app = Flask("testapp")
     app.config.update(
         TESTING=True,
+        SECRET_KEY="test-secret-key",  # as a deployment sets it (the dashboard needs it)
         SPOOLKIT_DATABASE=str(tmp_path / "jobs.db"),
         SPOOLKIT_IMPORTS="tests.jobs",
         **config,
@@ -123,6 +124,8 @@ class UwsgiServer:
             SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
             SPOOLKIT_DATABASE=str(self.database),
             SPOOLKIT_IMPORTS="tests.jobs",
+            # As a deployment sets it: the dashboard signs its cookie with it.
+            FLASK_SECRET_KEY="test-secret-key",
             SPOOLKIT_TEST_DIR=str(self.records),
             SPOOLKIT_HOUSEKEEPING_INTERVAL="1",
             RENDER_OUTPUT_DIR=str(self.output),

@@ -1,9 +1,9 @@
 """deploy/: each production file proven against the real program it configures.
 
-nginx, systemd-analyze, shellcheck and logrotate come from Debian
-(scripts/test-deps.sh installs them); hadolint from PyPI. No container
-engine runs here, so the Dockerfile is linted and its key lines checked, not
-built (see the README's deploy section).
+nginx, systemd-analyze, shellcheck, logrotate, prometheus and promtool (package
+prometheus) come from Debian (scripts/test-deps.sh installs them); hadolint
+from PyPI. No container engine runs here, so the Dockerfile is linted and its
+key lines checked, not built (see the README's deploy section).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,8 +24,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .support import REPO, UWSGI, Response, UwsgiServer, free_port, wait_for
 
@@ -288,6 +292,182 @@ def test_logrotate_config_rotates_with_copytruncate(tmp_path: Path) -> None:
     assert (logs / "uwsgi.log").read_text() == ""  # truncated in place, never moved
 
 
+# -- Prometheus: scrape config and alert rules ---------------------------------------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+
+
+def _promtool(*args: str, cwd: Path = PROMETHEUS) -> str:
+    done = subprocess.run(
+        [tool("promtool"), *args], capture_output=True, text=True, check=False, cwd=cwd
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text, f"{old!r} is no longer in the file: update the test"
+    return text.replace(old, new)
+
+
+def _prometheus_config(base: Path, token: str, target: str = "localhost:80") -> Path:
+    """deploy/prometheus/ laid out as installed, under ``base`` instead of /etc/prometheus,
+    scraping ``target`` every second."""
+    config = (PROMETHEUS / "prometheus.yml").read_text().replace("/etc/prometheus/", f"{base}/")
+    config = _edit(config, '["localhost:80"]', f'["{target}"]')
+    for interval in ("scrape_interval: 30s", "evaluation_interval: 30s", "scrape_timeout: 10s"):
+        config = _edit(config, interval, interval.split(":")[0] + ": 1s")
+    shutil.copy(PROMETHEUS / "alerts.yml", base / "spoolkit-alerts.yml")
+    (base / "spoolkit.token").write_text(token + "\n")
+    (base / "prometheus.yml").write_text(config)
+    return base / "prometheus.yml"
+
+
+def test_prometheus_config_and_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    config = _prometheus_config(tmp_path, "a-token")
+    assert "SUCCESS: 5 rules found" in _promtool("check", "config", str(config))
+    _promtool("check", "rules", "alerts.yml")
+    assert "SUCCESS" in _promtool("test", "rules", "alerts_test.yml")
+    # Each alert has its unit test.
+    rules = (PROMETHEUS / "alerts.yml").read_text()
+    tests = (PROMETHEUS / "alerts_test.yml").read_text()
+    alerts = set(re.findall(r"^\s+- alert: (\w+)$", rules, re.M))
+    assert len(alerts) == 5
+    assert set(re.findall(r"alertname: (\w+)$", tests, re.M)) == alerts
+
+
+def _api(port: int, path: str) -> Any:
+    """Prometheus's HTTP API: the answer's data (a query's: its result)."""
+    answer = _http(port, "GET", path)
+    assert answer.status == 200, answer
+    data = answer.json()["data"]
+    return data["result"] if path.startswith("/api/v1/query?") else data
+
+
+def test_prometheus_scrapes_a_real_server_with_the_example_config(tmp_path: Path) -> None:
+    """Debian's Prometheus, with prometheus.yml and alerts.yml as shipped (paths, target and
+    interval changed), scrapes a server that demands the token, and evaluates the rules."""
+    token = secrets.token_urlsafe(32)
+    server = UwsgiServer(tmp_path / "server", SPOOLKIT_SPOOLERS="2", SPOOLKIT_API_TOKEN=token,
+                         FLASK_SECRET_KEY=secrets.token_urlsafe(32))  # fmt: skip
+    (tmp_path / "prometheus").mkdir()
+    config = _prometheus_config(tmp_path / "prometheus", token, f"127.0.0.1:{server.port}")
+    port = free_port()
+    with server, open(tmp_path / "prometheus.log", "wb") as log:
+        prometheus = subprocess.Popen(
+            [tool("prometheus"), f"--config.file={config}", f"--web.listen-address=127.0.0.1:{port}",
+             f"--storage.tsdb.path={tmp_path / 'data'}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: _port_open(port) and _http(port, "GET", "/-/ready").status == 200,
+                     30, "Prometheus to be ready")  # fmt: skip
+
+            def scraped() -> list[dict[str, Any]] | None:
+                found: list[dict[str, Any]] = _api(port, "/api/v1/query?query=spoolkit_spoolers")
+                return found if len(found) == 2 else None
+
+            spoolers = wait_for(scraped, 30, "a scrape with the token")
+            assert {s["metric"]["state"]: s["value"][1] for s in spoolers} == {
+                "alive": "4", "configured": "4"}  # fmt: skip
+            assert {s["metric"]["job"] for s in spoolers} == {"spoolkit"}  # what alerts.yml selects
+            target = _api(port, "/api/v1/targets")["activeTargets"]
+            assert [(t["health"], t["lastError"]) for t in target] == [("up", "")]
+
+            # Every spoolkit_* name the rules use is one Prometheus got from the server.
+            query = 'count by (__name__) ({job="spoolkit", __name__=~"spoolkit_.+"})'
+            names = {s["metric"]["__name__"] for s in
+                     _api(port, "/api/v1/query?query=" + quote(query))}  # fmt: skip
+            used = set(re.findall(r"\bspoolkit_\w+", (PROMETHEUS / "alerts.yml").read_text()))
+            assert used and used <= names, used - names
+
+            def evaluated() -> list[dict[str, Any]] | None:
+                groups = _api(port, "/api/v1/rules")["groups"]
+                rules = [rule for group in groups for rule in group["rules"]]
+                return rules if rules and all(r["health"] == "ok" for r in rules) else None
+
+            rules = wait_for(evaluated, 30, "the alert rules to be evaluated")
+            assert len(rules) == 5, rules
+            # A healthy server meets no alert's condition.
+            for rule in rules:
+                found = _api(port, "/api/v1/query?query=" + quote(rule["query"]))
+                assert found == [], (rule["name"], found)
+        finally:
+            prometheus.terminate()
+            try:
+                prometheus.wait(30)
+            except subprocess.TimeoutExpired:
+                prometheus.kill()
+                prometheus.wait(10)
+
+
+def _series(name: str, labels: dict[str, str]) -> str:
+    pairs = {"job": "spoolkit", "instance": "web1:80", **labels}
+    return name + "{" + ", ".join(f"{k}={json.dumps(v)}" for k, v in pairs.items()) + "}"
+
+
+def test_alerts_fire_on_the_label_sets_a_real_server_exports(tmp_path: Path) -> None:
+    """alerts_test.yml's series are written by hand; these come from a real scrape, held
+    steady (healthy), or changed from minute 10 on into the troubles the alerts are for."""
+    with UwsgiServer(tmp_path / "server") as server:
+        assert server.wait_job(server.enqueue("add", 1, 2))["state"] == "succeeded"
+        scrape = server.get("/metrics")
+        assert scrape.status == 200, scrape
+    used = set(re.findall(r"\bspoolkit_\w+", (PROMETHEUS / "alerts.yml").read_text()))
+    samples = [
+        (sample.name, dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(scrape.body.decode())
+        for sample in family.samples
+        if sample.name in used
+    ]
+    assert {name for name, _, _ in samples} == used
+
+    def trouble(name: str, labels: dict[str, str], value: float) -> float:
+        """What each sample becomes when the alerts' troubles come."""
+        if name == "spoolkit_spoolers" and labels["state"] == "alive":
+            return value - 1
+        if name == "spoolkit_queue_oldest_ready_seconds" and labels["queue"] == "default":
+            return 3600.0
+        if name == "spoolkit_housekeeper_last_pass_age_seconds":
+            return 3600.0
+        if name == "spoolkit_jobs_finished_total" and labels == {
+            "task": "tests.jobs.add", "state": "failed"}:  # fmt: skip
+            return value + 1
+        return value
+
+    def case(troubled: bool, expected: dict[str, int]) -> dict[str, Any]:
+        series = [
+            {"series": _series(name, labels),
+             # Steady, or in trouble from minute 10 on.
+             "values": f"{value}x9 {trouble(name, labels, value) if troubled else value}x30"}
+            for name, labels, value in samples
+        ] + [{"series": _series("up", {}), "values": "1x40"}]  # fmt: skip
+        firing = 'count by (alertname) (ALERTS{alertstate="firing"})'
+        return {
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [{
+                "eval_time": "20m",
+                "expr": firing if expected else f"{firing} or vector(0)",
+                "exp_samples": [{"labels": f'{{alertname="{name}"}}', "value": count}
+                                for name, count in sorted(expected.items())]
+                or [{"labels": "{}", "value": 0}],
+            }],
+        }  # fmt: skip
+
+    unit = {
+        "rule_files": [str(PROMETHEUS / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            case(False, {}),
+            case(True, {"SpoolkitSpoolersDown": 1, "SpoolkitJobsWaitingTooLong": 1,
+                        "SpoolkitHousekeeperLate": 1, "SpoolkitJobsFailed": 1}),
+        ],
+    }  # fmt: skip
+    (tmp_path / "real_test.yml").write_text(json.dumps(unit))  # JSON is YAML
+    _promtool("test", "rules", "real_test.yml", cwd=tmp_path)
+
+
 # -- install.sh ----------------------------------------------------------------------------
 
 
@@ -366,6 +546,14 @@ def test_install_sh_installs_idempotently_and_the_result_runs(tmp_path: Path) ->
     assert (env_file.stat().st_mode & 0o777, env_file.stat().st_gid) == (0o640, gid)
     token = re.search(r"^SPOOLKIT_API_TOKEN=(\S+)$", env_file.read_text(), re.M)
     assert token is not None and len(token.group(1)) >= 40
+    secret = re.search(r"^FLASK_SECRET_KEY=(\S+)$", env_file.read_text(), re.M)
+    assert secret is not None and len(secret.group(1)) >= 40
+    assert secret.group(1) != token.group(1)
+    # The whole package: the dashboard's templates and static files too.
+    for name in ("templates/spoolkit/overview.html", "static/dashboard.css"):
+        assert (root / "opt/spoolkit/spoolkit" / name).read_bytes() == (
+            REPO / "spoolkit" / name
+        ).read_bytes()
     unit = root / "etc/systemd/system/spoolkit.service"
     assert unit.read_text() == (DEPLOY / "systemd/spoolkit.service").read_text()
     assert (root / "opt/spoolkit/.venv/bin/uwsgi").exists()
@@ -378,6 +566,21 @@ def test_install_sh_installs_idempotently_and_the_result_runs(tmp_path: Path) ->
     _install(root)
     assert _manifest(root) == first  # same files, modes, owners and contents; token kept
 
+    # An env file from before the dashboard (no FLASK_SECRET_KEY, here not even a final
+    # newline): the update adds a key and changes nothing else, once.
+    old = "".join(
+        line for line in env_file.read_text().splitlines(keepends=True)
+        if "FLASK_SECRET_KEY" not in line and "sign-in cookie" not in line
+    ).rstrip("\n")  # fmt: skip
+    env_file.write_text(old)
+    _install(root)
+    updated = env_file.read_text()
+    assert updated.startswith(old + "\n")
+    assert re.fullmatch(r"# .*\nFLASK_SECRET_KEY=\S{40,}\n", updated[len(old) + 1 :])
+    assert (env_file.stat().st_mode & 0o777, env_file.stat().st_gid) == (0o640, gid)
+    _install(root)
+    assert env_file.read_text() == updated
+
     # The installed tree runs: production overlay, env file, paths under the root.
     settings = dict(
         line.split("=", 1)
@@ -389,10 +592,12 @@ def test_install_sh_installs_idempotently_and_the_result_runs(tmp_path: Path) ->
         SPOOLKIT_SPOOL_DIR=str(root) + settings["SPOOLKIT_SPOOL_DIR"],
         SPOOLKIT_DATABASE=str(root) + settings["SPOOLKIT_DATABASE"],
         SPOOLKIT_API_TOKEN=settings["SPOOLKIT_API_TOKEN"],
+        FLASK_SECRET_KEY=settings["FLASK_SECRET_KEY"],
         PYTHONPATH=str(REPO),  # for tests.jobs (SPOOLKIT_IMPORTS); the kit comes from /opt
     )  # fmt: skip
     with server:
         assert server.get("/healthz").status == 200
+        assert b"<form" in server.get("/dashboard/sign-in").body  # templates installed
         assert server.get("/jobs").status == 401  # the generated token is in force
         assert "spool_dir" not in server.get("/healthz").json()  # paths: token holders only
         token = {"Authorization": f"Bearer {settings['SPOOLKIT_API_TOKEN']}"}
