@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -215,10 +216,11 @@ def test_next_run() -> None:
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    made = IMPLEMENTATIONS[request.param](tmp_path)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = IMPLEMENTATIONS[request.param](tmp_path, request)
     made.setup()
-    return made
+    yield made
+    made.close()
 
 
 def new_job(job_id: str, now: float = 100.0) -> NewJob:
