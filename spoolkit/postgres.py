@@ -45,12 +45,30 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from . import stats
-from .errors import IdempotencyConflict, InvalidJobState, JobNotFound, StoreUnavailable
+from .errors import IdempotencyConflict, StoreUnavailable
 from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
-from .rows import COLUMNS, HISTORY_LIMIT, INSERT, new_row, row_to_job
-from .states import FINISHED, RETRYABLE, WAITING, JobState
-from .store import FollowUp, NewJob, QueueCounts, SlotRecord
+from .rows import (
+    ATTEMPT,
+    CLAIM,
+    CLAIM_DECIDED,
+    COLUMNS,
+    FINISH,
+    HISTORY_LIMIT,
+    INSERT,
+    TOTALS,
+    SQLStore,
+    attempt_params,
+    check_change,
+    claim_params,
+    ended_totals,
+    new_row,
+    row_to_job,
+    settle,
+    state_marks,
+)
+from .states import FINISHED, JobState
+from .store import FollowUp, NewJob
 
 log = logging.getLogger("spoolkit.store")
 
@@ -149,6 +167,11 @@ def pg(sql: str) -> str:
 
 
 _INSERT = pg(INSERT)
+_CLAIM = pg(CLAIM)
+_CLAIM_DECIDED = pg(CLAIM_DECIDED)
+_FINISH = pg(FINISH)
+_TOTALS = pg(TOTALS)
+_ATTEMPT = pg(ATTEMPT)
 _ROW = f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = %s"
 
 
@@ -170,11 +193,7 @@ def _clean(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _marks(values: Collection[JobState]) -> tuple[str, list[str]]:
-    return ",".join(["%s"] * len(values)), [state.value for state in values]
-
-
-class PostgresStore:  # implements store.Store
+class PostgresStore(SQLStore):  # implements store.Store
     """Jobs in one PostgreSQL database, shared by every process on every host."""
 
     def __init__(self, dsn: str, timeout: float = 10.0) -> None:
@@ -274,7 +293,8 @@ class PostgresStore:  # implements store.Store
         return self._locked(attempt, patient=patient)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._locked(lambda: self._connection().execute(sql, params).fetchall())
+        """A read written with ``?`` placeholders, as ``SQLStore``'s are."""
+        return self._locked(lambda: self._connection().execute(pg(sql), params).fetchall())
 
     @staticmethod
     def _fetch(conn: psycopg.Connection[Any], job_id: str, lock: bool = False) -> Job | None:
@@ -329,115 +349,6 @@ class PostgresStore:  # implements store.Store
             return replace(job, callbacks=tuple(row[0] for row in children), history=history)
 
         return self._transact(read)
-
-    def payload(self, job_id: str) -> str:
-        found = self._read("SELECT payload FROM spoolkit_jobs WHERE id = %s", (job_id,))
-        if not found:
-            raise JobNotFound(f"no job {job_id!r}")
-        return str(found[0][0])
-
-    def list_jobs(
-        self,
-        state: JobState | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        *,
-        with_results: bool = True,
-        queue: str | None = None,
-        id_prefix: str | None = None,
-        offset: int = 0,
-    ) -> list[Job]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("state", state.value if state else None), ("task", task),
-                              ("queue", queue)):  # fmt: skip
-            if value is not None:
-                where.append(f"{column} = %s")
-                params.append(value)
-        if id_prefix:
-            where.append("left(id, %s) = %s")
-            params += [len(id_prefix), id_prefix]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        columns = COLUMNS if with_results else COLUMNS.replace(" result,", " NULL,")
-        found = self._read(
-            f"SELECT {columns} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id "
-            "LIMIT %s OFFSET %s",
-            [*params, limit, offset],
-        )
-        return [row_to_job(row) for row in found]
-
-    def counts(self) -> dict[str, int]:
-        found = dict(self._read("SELECT state, COUNT(*) FROM spoolkit_jobs GROUP BY state"))
-        return {state.value: int(found.get(state.value, 0)) for state in JobState}
-
-    def state_counts(self) -> dict[tuple[str, str], int]:
-        found = self._read("SELECT queue, state, COUNT(*) FROM spoolkit_jobs GROUP BY queue, state")
-        return {(queue, state): int(count) for queue, state, count in found}
-
-    def finished_since(self, since: float) -> dict[str, int]:
-        marks, finished = _marks(FINISHED)
-        found = dict(self._read(
-            f"SELECT state, COUNT(*) FROM spoolkit_jobs WHERE state IN ({marks}) "
-            "AND updated_at >= %s AND finished_at >= %s GROUP BY state",
-            [*finished, since, since],
-        ))  # fmt: skip
-        return {state.value: int(found.get(state.value, 0)) for state in FINISHED}
-
-    def changed_since(self, after: float, limit: int) -> list[Job]:
-        columns = COLUMNS.replace(" result,", " NULL,")
-        found = self._read(
-            f"SELECT {columns} FROM spoolkit_jobs WHERE updated_at > %s "
-            "ORDER BY updated_at, id LIMIT %s",
-            [after, limit],
-        )
-        return [row_to_job(row) for row in found]
-
-    def totals(self) -> dict[str, dict[str, float]]:
-        return stats.by_task(self._read("SELECT task, series, value FROM spoolkit_stats"))
-
-    def queue_counts(self, now: float) -> dict[str, QueueCounts]:
-        found = self._read(
-            "SELECT queue, CASE WHEN state = 'scheduled' AND scheduled_for > %s THEN 'later' "
-            "ELSE state END AS kind, COUNT(*), MIN(COALESCE(scheduled_for, created_at)) "
-            "FROM spoolkit_jobs WHERE state IN ('queued', 'scheduled', 'running') "
-            "GROUP BY queue, kind",
-            (now,),
-        )
-        tally: dict[str, dict[str, Any]] = {}
-        for queue, kind, count, since in found:
-            entry = tally.setdefault(queue, {"ready": 0, "scheduled": 0, "running": 0,
-                                             "oldest_ready": None})  # fmt: skip
-            if kind == "later":
-                entry["scheduled"] += count
-            elif kind == JobState.RUNNING.value:
-                entry["running"] += count
-            else:
-                entry["ready"] += count
-                oldest = entry["oldest_ready"]
-                entry["oldest_ready"] = since if oldest is None else min(oldest, since)
-        return {queue: QueueCounts(**entry) for queue, entry in tally.items()}
-
-    def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
-        marks, finished = _marks(FINISHED)
-        found = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs "
-            f"WHERE id > %s AND state NOT IN ({marks}) AND updated_at < %s "
-            "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT %s",
-            [after_id, *finished, updated_before, limit],
-        )
-        return [row_to_job(row) for row in found]
-
-    def due_parked(self, until: float, limit: int) -> list[Job]:
-        found = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
-            "AND spool_file IS NULL AND scheduled_for <= %s ORDER BY scheduled_for LIMIT %s",
-            [until, limit],
-        )
-        return [row_to_job(row) for row in found]
-
-    def get_meta(self, key: str) -> str | None:
-        found = self._read("SELECT value FROM spoolkit_meta WHERE key = %s", (key,))
-        return str(found[0][0]) if found else None
 
     def set_meta(self, key: str, value: str) -> None:
         self._transact(lambda conn: conn.execute(
@@ -502,17 +413,11 @@ class PostgresStore:  # implements store.Store
     ) -> tuple[ClaimAction, Job | None]:
         """As SQLiteStore.claim: one conditional ``UPDATE ... RETURNING`` in the common
         case, else the full decision on the locked row."""
-        waiting_marks, waiting = _marks(WAITING)
 
         def work(conn: psycopg.Connection[Any]) -> tuple[ClaimAction, Job | None]:
             claimed = conn.execute(
-                "UPDATE spoolkit_jobs SET state = %s, attempts = attempts + 1, started_at = %s, "
-                "finished_at = NULL, runner = %s, runner_pid = %s, updated_at = %s "
-                f"WHERE id = %s AND spool_file = %s AND state IN ({waiting_marks}) "
-                f"AND (scheduled_for IS NULL OR scheduled_for <= %s) RETURNING {COLUMNS}",
-                [JobState.RUNNING.value, now, instance, pid, now, job_id, delivery, *waiting,
-                 now],
-            ).fetchone()  # fmt: skip
+                _CLAIM, claim_params(job_id, delivery, instance, pid, now)
+            ).fetchone()
             if claimed is not None:
                 return ClaimAction.RUN, row_to_job(claimed)
             job = self._fetch(conn, job_id, lock=True)
@@ -521,12 +426,8 @@ class PostgresStore:  # implements store.Store
                 self._remember(conn, job, now, "interrupted", None)
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
                 counted = 1 if action is ClaimAction.RUN else 0
-                conn.execute(
-                    "UPDATE spoolkit_jobs SET state = %s, attempts = attempts + %s, "
-                    "started_at = %s, finished_at = NULL, runner = %s, runner_pid = %s, "
-                    "updated_at = %s WHERE id = %s",
-                    (JobState.RUNNING.value, counted, now, instance, pid, now, job_id),
-                )
+                conn.execute(_CLAIM_DECIDED, (JobState.RUNNING.value, counted, now, instance,
+                                              pid, now, job_id))  # fmt: skip
                 job = self._fetch(conn, job_id)
             return action, job
 
@@ -557,21 +458,9 @@ class PostgresStore:  # implements store.Store
             if current is None:
                 return False
             job = row_to_job(current)
-            label = outcome or ("succeeded" if error is None else "failed")
-            retry = retry_at
-            if job.abort_requested:
-                state, finished, label, retry = JobState.CANCELLED, now, "aborted", None
-            elif error is None:
-                state, finished = JobState.SUCCEEDED, now
-            elif retry is not None:
-                state, finished = JobState.SCHEDULED, None
-            else:
-                state, finished = JobState.FAILED, now
+            state, finished, label, retry = settle(job, error, retry_at, outcome, now)
             conn.execute(
-                "UPDATE spoolkit_jobs SET state = %s, finished_at = %s, updated_at = %s, "
-                "result = %s, scheduled_for = COALESCE(%s, scheduled_for), error_type = %s, "
-                "error_message = %s, error_traceback = %s, "
-                "spool_file = CASE WHEN %s THEN NULL ELSE spool_file END WHERE id = %s",
+                _FINISH,
                 (state.value, finished, now, result, retry,
                  error.type if error else None, error.message if error else None,
                  error.traceback if error else None, park and retry is not None, job_id),
@@ -591,14 +480,9 @@ class PostgresStore:  # implements store.Store
             conn.execute(_INSERT, new_row(new)[0])
 
     @staticmethod
-    def _add_totals(conn: psycopg.Connection[Any], task: str, series: list[stats.Series]) -> None:
+    def _add_totals(conn: psycopg.Connection[Any], totals: list[tuple[str, str, float]]) -> None:
         with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO spoolkit_stats (task, series, value) VALUES (%s, %s, %s) "
-                "ON CONFLICT (task, series) DO UPDATE SET "
-                "value = spoolkit_stats.value + excluded.value",
-                [(task, name, value) for name, value in series],
-            )
+            cursor.executemany(_TOTALS, totals)
 
     def _remember(
         self,
@@ -610,14 +494,8 @@ class PostgresStore:  # implements store.Store
         final: JobState | None = None,
     ) -> None:
         """The ended attempt into the history (the last HISTORY_LIMIT kept) and the totals."""
-        self._add_totals(conn, job.task, stats.ended_attempt(
-            job, outcome, now, final.value if final else None))  # fmt: skip
-        conn.execute(
-            "INSERT INTO spoolkit_attempts (job_id, attempt, started_at, finished_at, outcome, "
-            "error_type, error_message, runner_pid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (job.id, job.attempts, job.started_at, now, outcome, error.type if error else None,
-             error.message if error else None, job.runner_pid),
-        )  # fmt: skip
+        self._add_totals(conn, ended_totals(job, outcome, now, final))
+        conn.execute(_ATTEMPT, attempt_params(job, now, outcome, error))
         if job.attempts > HISTORY_LIMIT:
             conn.execute(
                 "DELETE FROM spoolkit_attempts WHERE job_id = %s AND seq NOT IN (SELECT seq "
@@ -643,72 +521,18 @@ class PostgresStore:  # implements store.Store
         """Update one job, locked, if its state is in ``allowed``; else a named error."""
 
         def work(conn: psycopg.Connection[Any]) -> Job:
-            job = self._fetch(conn, job_id, lock=True)
-            if job is None:
-                raise JobNotFound(f"no job {job_id!r}")
-            if job.state not in allowed:
-                states = " or ".join(sorted(state.value for state in allowed))
-                raise InvalidJobState(
-                    f"job {job_id} is {job.state.value}; only {states} jobs can be {action}",
-                    state=job.state.value,
-                )
-            conn.execute(f"UPDATE spoolkit_jobs SET {sets} WHERE id = %s", [*params, job_id])
+            check_change(self._fetch(conn, job_id, lock=True), job_id, allowed, action)
+            conn.execute(f"UPDATE spoolkit_jobs SET {pg(sets)} WHERE id = %s", [*params, job_id])
             changed = self._fetch(conn, job_id)
             assert changed is not None
             if changed.state.is_finished:
-                self._add_totals(conn, changed.task, stats.finished_series(changed.state.value))
+                self._add_totals(conn, [(changed.task, name, value) for name, value
+                                        in stats.finished_series(changed.state.value)])
                 if follow_up is not None:
                     self._record(conn, follow_up(changed))
             return changed
 
         return self._transact(work)
-
-    def cancel(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
-        return self._change(
-            job_id, WAITING, "cancelled", "state = %s, finished_at = %s, updated_at = %s",
-            [JobState.CANCELLED.value, now, now], follow_up,
-        )  # fmt: skip
-
-    def request_abort(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
-        try:
-            return self.cancel(job_id, now, follow_up)
-        except InvalidJobState as exc:
-            if exc.state != JobState.RUNNING.value:
-                raise InvalidJobState(
-                    f"job {job_id} is {exc.state}; only queued, scheduled or running jobs "
-                    "can be aborted",
-                    state=exc.state,
-                ) from None
-        return self._change(
-            job_id, frozenset({JobState.RUNNING}), "aborted",
-            "abort_requested = COALESCE(abort_requested, %s), updated_at = %s", [now, now],
-        )  # fmt: skip
-
-    def abort_requested(self, job_id: str) -> bool:
-        found = self._read(
-            "SELECT abort_requested IS NOT NULL FROM spoolkit_jobs WHERE id = %s", (job_id,)
-        )
-        return bool(found and found[0][0])
-
-    def aborting(self, requested_before: float) -> list[Job]:
-        found = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE abort_requested IS NOT NULL "
-            "AND state = 'running' AND abort_requested < %s",
-            (requested_before,),
-        )
-        return [row_to_job(row) for row in found]
-
-    def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
-        return self._change(
-            job_id,
-            RETRYABLE,
-            "retried",
-            "state = %s, attempts = 0, scheduled_for = %s, started_at = NULL, "
-            "finished_at = NULL, progress = NULL, result = NULL, error_type = NULL, "
-            "error_message = NULL, error_traceback = NULL, spool_file = %s, runner = NULL, "
-            "runner_pid = NULL, abort_requested = NULL, updated_at = %s",
-            [JobState.QUEUED.value, now, spool_file, now],
-        )
 
     def reassign(self, job: Job, spool_file: str | None, now: float, *, requeue: bool) -> bool:
         sets = "spool_file = %s, updated_at = %s"
@@ -730,12 +554,12 @@ class PostgresStore:  # implements store.Store
     ) -> int:
         if not set(states) <= FINISHED:
             raise ValueError("only finished jobs can be purged")
-        marks, finished = _marks(states)
+        marks, finished = state_marks(states)
 
         def work(conn: psycopg.Connection[Any]) -> int:
             doomed = [row[0] for row in conn.execute(
-                f"SELECT id FROM spoolkit_jobs WHERE state IN ({marks}) AND finished_at < %s "
-                "LIMIT %s FOR UPDATE SKIP LOCKED",
+                pg(f"SELECT id FROM spoolkit_jobs WHERE state IN ({marks}) AND finished_at < ? "
+                   "LIMIT ? FOR UPDATE SKIP LOCKED"),
                 [*finished, finished_before, limit],
             )]  # fmt: skip
             if not doomed:
@@ -746,10 +570,6 @@ class PostgresStore:  # implements store.Store
         return self._transact(work, durable=False)
 
     # -- periodic schedules ----------------------------------------------------------
-
-    def slots(self) -> dict[str, SlotRecord]:
-        found = self._read("SELECT name, last_slot, fired_slot, fired_job FROM spoolkit_periodic")
-        return {name: SlotRecord(last, fired, job) for name, last, fired, job in found}
 
     def advance_slot(self, schedule: str, slot: float, now: float, job: NewJob | None) -> bool:
         """As SQLiteStore.advance_slot: the conditional upsert waits for a competing

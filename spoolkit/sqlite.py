@@ -23,16 +23,32 @@ from typing import Any, TypeVar
 from . import stats
 from .errors import (
     IdempotencyConflict,
-    InvalidJobState,
-    JobNotFound,
     StoreFull,
     StoreUnavailable,
 )
 from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
-from .rows import COLUMNS, HISTORY_LIMIT, INSERT, new_row, row_to_job
-from .states import FINISHED, RETRYABLE, WAITING, JobState
-from .store import FollowUp, NewJob, QueueCounts, SlotRecord
+from .rows import (
+    ATTEMPT,
+    CLAIM,
+    CLAIM_DECIDED,
+    COLUMNS,
+    FINISH,
+    HISTORY_LIMIT,
+    INSERT,
+    TOTALS,
+    SQLStore,
+    attempt_params,
+    check_change,
+    claim_params,
+    ended_totals,
+    new_row,
+    row_to_job,
+    settle,
+    state_marks,
+)
+from .states import FINISHED, JobState
+from .store import FollowUp, NewJob
 
 log = logging.getLogger("spoolkit.store")
 T = TypeVar("T")
@@ -126,15 +142,6 @@ def _record_follow_ups(conn: sqlite3.Connection, jobs: Sequence[NewJob]) -> None
         conn.execute(INSERT, new_row(new)[0])
 
 
-def _add_totals(conn: sqlite3.Connection, task: str, series: list[stats.Series]) -> None:
-    """Add to the task's running totals (see stats.py), in the caller's transaction."""
-    conn.executemany(
-        "INSERT INTO spoolkit_stats (task, series, value) VALUES (?, ?, ?) "
-        "ON CONFLICT (task, series) DO UPDATE SET value = value + excluded.value",
-        [(task, name, value) for name, value in series],
-    )
-
-
 def _remember(
     conn: sqlite3.Connection,
     job: Job,
@@ -145,14 +152,8 @@ def _remember(
 ) -> None:
     """Add the attempt that just ended to the job's history (the last HISTORY_LIMIT kept)
     and to its task's totals (``final``: the state the job ends in, if it ends)."""
-    _add_totals(conn, job.task, stats.ended_attempt(
-        job, outcome, now, final.value if final else None))  # fmt: skip
-    conn.execute(
-        "INSERT INTO spoolkit_attempts (job_id, attempt, started_at, finished_at, outcome, "
-        "error_type, error_message, runner_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.id, job.attempts, job.started_at, now, outcome, error.type if error else None,
-         error.message if error else None, job.runner_pid),
-    )  # fmt: skip
+    conn.executemany(TOTALS, ended_totals(job, outcome, now, final))
+    conn.execute(ATTEMPT, attempt_params(job, now, outcome, error))
     if job.attempts > HISTORY_LIMIT:
         conn.execute(
             "DELETE FROM spoolkit_attempts WHERE job_id = ? AND rowid NOT IN (SELECT rowid "
@@ -176,11 +177,7 @@ def unavailable(what: str, exc: sqlite3.Error) -> StoreUnavailable:
     return (StoreFull if full else StoreUnavailable)(f"{what}: {exc}")
 
 
-def _marks(values: Collection[JobState]) -> tuple[str, list[str]]:
-    return ",".join("?" * len(values)), [state.value for state in values]
-
-
-class SQLiteStore:  # implements store.Store
+class SQLiteStore(SQLStore):  # implements store.Store
     """Jobs in one SQLite file.
 
     ``synchronous`` (SQLite's) applies to the writes behind a promise made to
@@ -372,7 +369,7 @@ class SQLiteStore:  # implements store.Store
             lambda: self._connection(durable).execute(sql, params), patient=patient
         )
 
-    def _read(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._locked(lambda: self._connection().execute(sql, params).fetchall())
 
     @staticmethod
@@ -406,128 +403,6 @@ class SQLiteStore:  # implements store.Store
             row_to_job(rows[0]), callbacks=tuple(row[0] for row in children), history=history
         )
 
-    def payload(self, job_id: str) -> str:
-        rows = self._read("SELECT payload FROM spoolkit_jobs WHERE id = ?", (job_id,))
-        if not rows:
-            raise JobNotFound(f"no job {job_id!r}")
-        return str(rows[0][0])
-
-    def list_jobs(
-        self,
-        state: JobState | None = None,
-        task: str | None = None,
-        limit: int = 50,
-        *,
-        with_results: bool = True,
-        queue: str | None = None,
-        id_prefix: str | None = None,
-        offset: int = 0,
-    ) -> list[Job]:
-        where: list[str] = []
-        params: list[Any] = []
-        for column, value in (("state", state.value if state else None), ("task", task),
-                              ("queue", queue)):  # fmt: skip
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if id_prefix:
-            where.append("substr(id, 1, ?) = ?")
-            params += [len(id_prefix), id_prefix]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        columns = COLUMNS if with_results else COLUMNS.replace(" result,", " NULL,")
-        rows = self._read(
-            f"SELECT {columns} FROM spoolkit_jobs {clause} ORDER BY created_at DESC, id "
-            "LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        )
-        return [row_to_job(row) for row in rows]
-
-    def state_counts(self) -> dict[tuple[str, str], int]:
-        rows = self._read("SELECT queue, state, COUNT(*) FROM spoolkit_jobs GROUP BY queue, state")
-        return {(queue, state): int(count) for queue, state, count in rows}
-
-    def finished_since(self, since: float) -> dict[str, int]:
-        """Through the (state, updated_at) index: a job's last update is its finish,
-        or later (``updated_at >= finished_at``), so the range holds every one."""
-        marks, finished = _marks(FINISHED)
-        rows = self._read(
-            f"SELECT state, COUNT(*) FROM spoolkit_jobs WHERE state IN ({marks}) "
-            "AND updated_at >= ? AND finished_at >= ? GROUP BY state",
-            [*finished, since, since],
-        )
-        found = dict(rows)
-        return {state.value: int(found.get(state.value, 0)) for state in FINISHED}
-
-    def changed_since(self, after: float, limit: int) -> list[Job]:
-        """Every state named, so SQLite walks the (state, updated_at) index once per
-        state instead of reading every row; results are left out."""
-        marks = ",".join("?" * len(JobState))
-        columns = COLUMNS.replace(" result,", " NULL,")
-        rows = self._read(
-            f"SELECT {columns} FROM spoolkit_jobs WHERE state IN ({marks}) AND updated_at > ? "
-            "ORDER BY updated_at, id LIMIT ?",
-            [*(state.value for state in JobState), after, limit],
-        )
-        return [row_to_job(row) for row in rows]
-
-    def totals(self) -> dict[str, dict[str, float]]:
-        return stats.by_task(self._read("SELECT task, series, value FROM spoolkit_stats"))
-
-    def counts(self) -> dict[str, int]:
-        rows = self._read("SELECT state, COUNT(*) FROM spoolkit_jobs GROUP BY state")
-        found = {state: count for state, count in rows}
-        return {state.value: int(found.get(state.value, 0)) for state in JobState}
-
-    def queue_counts(self, now: float) -> dict[str, QueueCounts]:
-        """Ready (queued, or scheduled and due), scheduled and running jobs per queue.
-
-        Reads every unfinished row through the state index, like ``counts`` reads every
-        row (about 70 ms per 100,000 waiting jobs here); a covering index on the queue
-        saved only a fifth of that and would cost every state change a write."""
-        rows = self._read(
-            "SELECT queue, CASE WHEN state = 'scheduled' AND scheduled_for > ? THEN 'later' "
-            "ELSE state END AS kind, COUNT(*), MIN(COALESCE(scheduled_for, created_at)) "
-            "FROM spoolkit_jobs WHERE state IN ('queued', 'scheduled', 'running') "
-            "GROUP BY queue, kind",
-            (now,),
-        )
-        tally: dict[str, dict[str, Any]] = {}
-        for queue, kind, count, since in rows:
-            entry = tally.setdefault(queue, {"ready": 0, "scheduled": 0, "running": 0,
-                                             "oldest_ready": None})  # fmt: skip
-            if kind == "later":
-                entry["scheduled"] += count
-            elif kind == JobState.RUNNING.value:
-                entry["running"] += count
-            else:  # queued, or scheduled and due
-                entry["ready"] += count
-                oldest = entry["oldest_ready"]
-                entry["oldest_ready"] = since if oldest is None else min(oldest, since)
-        return {queue: QueueCounts(**entry) for queue, entry in tally.items()}
-
-    def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
-        """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``.
-
-        Parked jobs (scheduled, no spool file yet) are left out: ``due_parked`` finds them.
-        """
-        finished_marks, finished = _marks(FINISHED)
-        rows = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs "
-            f"WHERE id > ? AND state NOT IN ({finished_marks}) AND updated_at < ? "
-            "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT ?",
-            [after_id, *finished, updated_before, limit],
-        )
-        return [row_to_job(row) for row in rows]
-
-    def due_parked(self, until: float, limit: int) -> list[Job]:
-        """Parked jobs (scheduled, no spool file) due by ``until``, soonest first."""
-        rows = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
-            "AND spool_file IS NULL AND scheduled_for <= ? ORDER BY scheduled_for LIMIT ?",
-            [until, limit],
-        )
-        return [row_to_job(row) for row in rows]
-
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, without waiting for readers (PASSIVE).
 
@@ -538,10 +413,6 @@ class SQLiteStore:  # implements store.Store
         self._locked(
             lambda: self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         )
-
-    def get_meta(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM spoolkit_meta WHERE key = ?", (key,))
-        return str(rows[0][0]) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self._write() as conn:
@@ -611,13 +482,8 @@ class SQLiteStore:  # implements store.Store
         ``UPDATE ... RETURNING``; anything else takes the full decision in a
         transaction.
         """
-        waiting_marks, waiting = _marks(WAITING)
         claimed = self._statement(
-            "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + 1, started_at = ?, "
-            "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? "
-            f"WHERE id = ? AND spool_file = ? AND state IN ({waiting_marks}) "
-            f"AND (scheduled_for IS NULL OR scheduled_for <= ?) RETURNING {COLUMNS}",
-            [JobState.RUNNING.value, now, instance, pid, now, job_id, delivery, *waiting, now],
+            CLAIM, claim_params(job_id, delivery, instance, pid, now)
         ).fetchone()
         if claimed is not None:
             return ClaimAction.RUN, row_to_job(claimed)
@@ -628,11 +494,8 @@ class SQLiteStore:  # implements store.Store
                 _remember(conn, job, now, "interrupted", None)
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
                 counted = 1 if action is ClaimAction.RUN else 0
-                conn.execute(
-                    "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + ?, started_at = ?, "
-                    "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? WHERE id = ?",
-                    (JobState.RUNNING.value, counted, now, instance, pid, now, job_id),
-                )
+                conn.execute(CLAIM_DECIDED, (JobState.RUNNING.value, counted, now, instance, pid,
+                                             now, job_id))  # fmt: skip
                 job = self._fetch(conn, job_id)
         return action, job
 
@@ -671,21 +534,9 @@ class SQLiteStore:  # implements store.Store
             if current is None:
                 return False
             job = row_to_job(current)
-            label = outcome or ("succeeded" if error is None else "failed")
-            retry = retry_at
-            if job.abort_requested:
-                state, finished, label, retry = JobState.CANCELLED, now, "aborted", None
-            elif error is None:
-                state, finished = JobState.SUCCEEDED, now
-            elif retry is not None:
-                state, finished = JobState.SCHEDULED, None
-            else:
-                state, finished = JobState.FAILED, now
+            state, finished, label, retry = settle(job, error, retry_at, outcome, now)
             conn.execute(
-                "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ?, "
-                "result = ?, scheduled_for = COALESCE(?, scheduled_for), error_type = ?, "
-                "error_message = ?, error_traceback = ?, "
-                "spool_file = CASE WHEN ? THEN NULL ELSE spool_file END WHERE id = ?",
+                FINISH,
                 (state.value, finished, now, result, retry,
                  error.type if error else None, error.message if error else None,
                  error.traceback if error else None, park and retry is not None, job_id),
@@ -718,77 +569,18 @@ class SQLiteStore:  # implements store.Store
         A job it finishes records what ``follow_up`` makes of it in the same transaction."""
 
         def work(conn: sqlite3.Connection) -> Job:
-            job = self._fetch(conn, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id!r}")
-            if job.state not in allowed:
-                states = " or ".join(sorted(state.value for state in allowed))
-                raise InvalidJobState(
-                    f"job {job_id} is {job.state.value}; only {states} jobs can be {action}",
-                    state=job.state.value,
-                )
+            check_change(self._fetch(conn, job_id), job_id, allowed, action)
             conn.execute(f"UPDATE spoolkit_jobs SET {sets} WHERE id = ?", [*params, job_id])
             changed = self._fetch(conn, job_id)
             assert changed is not None
             if changed.state.is_finished:  # a waiting job cancelled: no attempt ended
-                _add_totals(conn, changed.task, stats.finished_series(changed.state.value))
+                conn.executemany(TOTALS, [(changed.task, name, value) for name, value
+                                          in stats.finished_series(changed.state.value)])
                 if follow_up is not None:
                     _record_follow_ups(conn, follow_up(changed))
             return changed
 
         return self._transact(work, durable=True)
-
-    def cancel(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
-        """Cancel a waiting job; a spooler's later claim sees ``cancelled`` and drops the file."""
-        return self._change(
-            job_id, WAITING, "cancelled", "state = ?, finished_at = ?, updated_at = ?",
-            [JobState.CANCELLED.value, now, now], follow_up,
-        )  # fmt: skip
-
-    def request_abort(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
-        """Cancel a waiting job, or mark a running one to be stopped (durably: the mark
-        outlives a restart, and the job never runs again); a finished job is refused."""
-        try:
-            return self.cancel(job_id, now, follow_up)
-        except InvalidJobState as exc:
-            if exc.state != JobState.RUNNING.value:
-                raise InvalidJobState(
-                    f"job {job_id} is {exc.state}; only queued, scheduled or running jobs "
-                    "can be aborted",
-                    state=exc.state,
-                ) from None
-        return self._change(
-            job_id, frozenset({JobState.RUNNING}), "aborted",
-            "abort_requested = COALESCE(abort_requested, ?), updated_at = ?", [now, now],
-        )  # fmt: skip
-
-    def abort_requested(self, job_id: str) -> bool:
-        rows = self._read(
-            "SELECT abort_requested IS NOT NULL FROM spoolkit_jobs WHERE id = ?", (job_id,)
-        )
-        return bool(rows and rows[0][0])
-
-    def aborting(self, requested_before: float) -> list[Job]:
-        """Running jobs whose abort was requested before ``requested_before``."""
-        rows = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE abort_requested IS NOT NULL "
-            "AND state = 'running' AND abort_requested < ?",
-            (requested_before,),
-        )
-        return [row_to_job(row) for row in rows]
-
-    def restart(self, job_id: str, spool_file: str | None, now: float) -> Job:
-        """Queue a failed or cancelled job again, with a fresh attempt budget."""
-        return self._change(
-            job_id,
-            RETRYABLE,
-            "retried",
-            "state = ?, attempts = 0, scheduled_for = ?, started_at = NULL, "
-            "finished_at = NULL, progress = NULL, result = NULL, error_type = NULL, "
-            "error_message = NULL, error_traceback = NULL, spool_file = ?, runner = NULL, "
-            "runner_pid = NULL, abort_requested = NULL, updated_at = ?",
-            [JobState.QUEUED.value, now, spool_file, now],
-        )
 
     def reassign(self, job: Job, spool_file: str | None, now: float, *, requeue: bool) -> bool:
         """Point a waiting (or, with ``requeue``, dead-runner) job at a new spool file.
@@ -819,7 +611,7 @@ class SQLiteStore:  # implements store.Store
         ``finished_before``."""
         if not set(states) <= FINISHED:
             raise ValueError("only finished jobs can be purged")
-        marks, finished = _marks(states)
+        marks, finished = state_marks(states)
         with self._write() as conn:
             doomed = [
                 row[0]
@@ -835,10 +627,6 @@ class SQLiteStore:  # implements store.Store
         return cursor.rowcount
 
     # -- periodic schedules ------------------------------------------------------------
-
-    def slots(self) -> dict[str, SlotRecord]:
-        rows = self._read("SELECT name, last_slot, fired_slot, fired_job FROM spoolkit_periodic")
-        return {name: SlotRecord(last, fired, job) for name, last, fired, job in rows}
 
     def advance_slot(self, schedule: str, slot: float, now: float, job: NewJob | None) -> bool:
         """Move ``schedule`` on to ``slot`` and record ``job`` (if any), in one durable
