@@ -49,6 +49,12 @@ def test_jobs_retries_and_progress_on_postgres(server: UwsgiServer) -> None:
     health = server.get("/healthz")
     assert health.status == 200 and health.json()["store"] == "ok"
     assert health.json()["jobs"]["succeeded"] == 22
+    # The operator's views read the same store.
+    metrics = server.get("/metrics").body.decode()
+    assert 'spoolkit_jobs_finished_total{state="succeeded",task="tests.jobs.add"} 20.0' in metrics
+    assert 'spoolkit_attempts_total{outcome="retry",task="tests.jobs.flaky"} 2.0' in metrics
+    page = server.get(f"/dashboard/jobs/{flaky}").body.decode()
+    assert 'id="job-state">succeeded<' in page and 'id="job-history"' in page
 
 
 def test_a_spooler_killed_mid_job_counts_one_attempt(server: UwsgiServer) -> None:
