@@ -69,6 +69,7 @@ class BrokerDriver:
 
     key = label = promises = ""
     worker_count = 1  # processes to start with worker_command()
+    uses_redis = True  # the jobs go through the run's Redis server
 
     def __init__(self, base: Path, redis: RedisServer) -> None:
         self.base = base
@@ -141,6 +142,11 @@ class BrokerDriver:
         for process in self.workers:
             pids += [process.pid, *descendants(process.pid)]
         return pids
+
+    def store_pids(self) -> list[int]:
+        """redis-server, whose CPU per job is part of the peer's cost (Huey's SQLite
+        flavour does not use it)."""
+        return [self.redis.pid()] if self.uses_redis else []
 
     # -- enqueueing, through each library's own call ---------------------------------------
 
@@ -243,6 +249,7 @@ class HueyDriver(BrokerDriver):
     key, label = "huey-sqlite", "Huey, SqliteHuey"
     promises = "SQLite file, WAL, synchronous=FULL (fsync per enqueue); results off"
     flavour = "sqlite"
+    uses_redis = False
 
     def extra_env(self) -> dict[str, str]:
         return {"BENCH_HUEY": self.flavour}
@@ -276,6 +283,7 @@ class HueyRedisDriver(HueyDriver):
     key, label = "huey-redis", "Huey, RedisHuey"
     promises = "in Redis memory (no persistence here); results off"
     flavour = "redis"
+    uses_redis = True
 
 
 class DramatiqDriver(BrokerDriver):

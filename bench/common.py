@@ -105,6 +105,20 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def alive(pid: int) -> bool:
+    """Is ``pid`` running? The bench's and the tests' only such check. Unlike the
+    kit's ``process_exists``, a zombie counts as dead: a killed child its parent has
+    not reaped yet has stopped doing anything."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, from /proc (children of children too)."""
     parents: dict[int, int] = {}

@@ -45,6 +45,9 @@ class Driver(Protocol):
         ...
 
     def consumer_pids(self) -> list[int]: ...
+    def store_pids(self) -> list[int]:
+        """The store's server processes (PostgreSQL, Redis); none for a file (SQLite)."""
+        ...
 
 
 class Measure:
@@ -59,18 +62,21 @@ class Measure:
         self.next_id += count
         return first
 
-    def drain(self, n: int, timeout: float = 900) -> dict[str, float]:
-        """Enqueue n jobs while the consumers run; drain = n / (last start - first enqueue)."""
+    def drain(self, n: int, timeout: float = 900) -> dict[str, Any]:
+        """Enqueue n jobs while the consumers run; drain = n / (last start - first enqueue).
+        CPU of the store's server (None without one) is counted until the last job started."""
         first = self.ids(n)
-        consumers = self.driver.consumer_pids()
-        cpu_before = cpu_seconds(consumers)
+        consumers, servers = self.driver.consumer_pids(), self.driver.store_pids()
+        cpu_before, server_before = cpu_seconds(consumers), cpu_seconds(servers)
         t0, t1, producer_cpu = self.driver.enqueue_many(first, n)
         starts = wait_records(self.driver.record, first, n, timeout)
+        server_cpu = cpu_seconds(servers) - server_before
         return {
             "enqueue_per_s": n / (t1 - t0),
             "drain_per_s": n / (max(starts.values()) - t0),
             "cpu_ms_consumers": (cpu_seconds(consumers) - cpu_before) * 1000 / n,
             "cpu_ms_producer": producer_cpu * 1000 / n,
+            "cpu_ms_server": server_cpu * 1000 / n if servers else None,
         }
 
     def pickup(self, samples: int, seed: int = 11) -> dict[str, float]:
@@ -146,7 +152,12 @@ def core(driver: Driver, n: int, trials: int, pickups: int) -> dict[str, Any]:
             "drain_per_s": median([r["drain_per_s"] for r in results]),
             "cpu_ms_consumers": median([r["cpu_ms_consumers"] for r in results]),
             "cpu_ms_producer": median([r["cpu_ms_producer"] for r in results]),
+            "cpu_ms_server": _median_or_none([r["cpu_ms_server"] for r in results]),
             "pickup": measure.pickup(pickups),
         }
     finally:
         driver.stop()
+
+
+def _median_or_none(values: list[Any]) -> float | None:
+    return None if None in values else median(values)

@@ -45,7 +45,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 (f"idle pickup p50 <= 2x raw ({place})", f"{pick:.2f}x", verdict(pick <= 2))
             )
     kit = _row(core, "kit@disk")
-    ours = {"kit", "kit-normal", "raw", "uwsgi-tasks"}  # the kit and the uWSGI floor, not peers
+    ours = {"kit", "kit-normal", "kit-pg", "raw", "uwsgi-tasks"}  # the kit and the uWSGI floor
     peers = {k: v for k, v in core.items() if k.split("@")[0] not in ours}
     if kit and peers:
         best = max(peers.items(), key=lambda item: item[1]["drain_per_s"])
@@ -88,6 +88,135 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _cpu(data: dict[str, Any]) -> str:
+    text = f"{data['cpu_ms_consumers']:.3f} + {data['cpu_ms_producer']:.3f}"
+    if data.get("cpu_ms_server") is not None:
+        text += f" + {data['cpu_ms_server']:.3f} server"
+    return text
+
+
+def _total_cpu(data: dict[str, Any]) -> float:
+    return float(
+        data["cpu_ms_consumers"] + data["cpu_ms_producer"] + (data.get("cpu_ms_server") or 0)
+    )
+
+
+def _postgres_setup(results: dict[str, Any]) -> list[str]:
+    pg = results.get("postgres")
+    if not pg:
+        return []
+    return [
+        f"PostgreSQL store (`kit-pg`): PostgreSQL {pg['server_version']}, started and stopped by "
+        f"the bench, data directory on `disk` ({pg['filesystem']}, the SQLite kit's disk), "
+        f"fsync={pg['fsync']}, synchronous_commit={pg['synchronous_commit']}, "
+        f"full_page_writes={pg['full_page_writes']}, wal_sync_method={pg['wal_sync_method']}, "
+        f"shared_buffers={pg['shared_buffers']} (PostgreSQL's defaults), over a "
+        f"{pg['connection']}; a fresh database for each start of the kit.",
+        "",
+    ]
+
+
+def _verdict(figures: list[tuple[str, float, bool]]) -> str:
+    """What PostgreSQL costs and buys on one machine, from (figure, PostgreSQL / SQLite,
+    more is better); within 5 % counts as even (one run's noise is larger than that)."""
+    worse = [f"{name} ({ratio:.2f}x)" for name, ratio, more_is_better in figures
+             if (ratio < 0.95 if more_is_better else ratio > 1.05)]  # fmt: skip
+    better = [f"{name} ({ratio:.2f}x)" for name, ratio, more_is_better in figures
+              if (ratio > 1.05 if more_is_better else ratio < 0.95)]  # fmt: skip
+    text = "So on one machine PostgreSQL "
+    if worse:
+        text += "costs " + ", ".join(worse) + ("; it gains " + ", ".join(better) if better else "")
+    elif better:
+        text += "gains " + ", ".join(better)
+    else:
+        text += "and SQLite are within 5 % of each other on these figures"
+    return (
+        text + ". What it is for is the store in a server the site already runs, backs up and "
+        "watches, writers side by side instead of SQLite's one at a time, and the store on "
+        'another machine than the spool disk (README, "The PostgreSQL store"); a server on '
+        "another machine adds a network round trip to each statement, which this run does "
+        "not measure."
+    )
+
+
+def postgres_vs_sqlite(results: dict[str, Any]) -> list[str]:
+    """The kit on PostgreSQL against the kit on SQLite, same run, same disk: a table and
+    what it says, every figure from this run."""
+    core, ext = results["core"], results["extended"]
+    sqlite, pg = core.get("kit@disk"), core.get("kit-pg@disk")
+    if not (sqlite and pg):
+        return []
+    cores = results["machine"]["cores"]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(what: str, a: float, b: float, digits: int = 0) -> None:
+        rows.append((what, _n(a, digits), _n(b, digits), f"{b / a:.2f}x" if a else "-"))
+
+    add("enqueue, jobs/s (a loop in the web worker)", sqlite["enqueue_per_s"], pg["enqueue_per_s"])
+    add("drain, jobs/s", sqlite["drain_per_s"], pg["drain_per_s"])
+    add("idle pickup p50, ms", sqlite["pickup"]["p50_ms"], pg["pickup"]["p50_ms"], 2)
+    add("idle pickup p99, ms", sqlite["pickup"]["p99_ms"], pg["pickup"]["p99_ms"], 2)
+    kit_sqlite = sqlite["cpu_ms_consumers"] + sqlite["cpu_ms_producer"]
+    kit_pg = pg["cpu_ms_consumers"] + pg["cpu_ms_producer"]
+    add("CPU ms/job in the kit's processes (spoolers + web worker)", kit_sqlite, kit_pg, 3)
+    add("CPU ms/job in all (+ the PostgreSQL server)", _total_cpu(sqlite), _total_cpu(pg), 3)
+    http_sqlite = ext.get("kit@disk", {}).get("http")
+    http_pg = ext.get("kit-pg@disk", {}).get("http")
+    if http_sqlite and http_pg:
+        add(
+            "HTTP POST /jobs -> 202, req/s",
+            http_sqlite["requests_per_s"],
+            http_pg["requests_per_s"],
+        )
+    backlog_sqlite = ext.get("kit@disk", {}).get("backlog", {})
+    backlog_pg = ext.get("kit-pg@disk", {}).get("backlog", {})
+    for size, data in backlog_pg.items():
+        if "drain_per_s" in data and "drain_per_s" in backlog_sqlite.get(size, {}):
+            add(f"drain of a {int(size):,} backlog, jobs/s", backlog_sqlite[size]["drain_per_s"],
+                data["drain_per_s"])  # fmt: skip
+
+    drain = pg["drain_per_s"] / sqlite["drain_per_s"]
+    enqueue = pg["enqueue_per_s"] / sqlite["enqueue_per_s"]
+    pickup = pg["pickup"]["p50_ms"] - sqlite["pickup"]["p50_ms"]
+    cpu = _total_cpu(pg) / _total_cpu(sqlite)
+    server = pg.get("cpu_ms_server") or 0.0
+    bound = cores * 1000 / _total_cpu(pg)
+    said = [
+        f"With both stores on this disk and on one machine of {cores} cores, the kit on "
+        f"PostgreSQL drains at {drain:.2f}x the rate it reaches on SQLite ({_n(pg['drain_per_s'])} "
+        f"against {_n(sqlite['drain_per_s'])} jobs/s), its producer enqueues at {enqueue:.2f}x, "
+        f"and an idle job starts {abs(pickup):.2f} ms {'later' if pickup >= 0 else 'sooner'} (p50).",
+        f"Each job costs {_n(_total_cpu(pg), 3)} ms of CPU in all on PostgreSQL against "
+        f"{_n(_total_cpu(sqlite), 3)} ms on SQLite ({cpu:.2f}x), {_n(server, 3)} ms of it in "
+        "the server's processes: every statement is a round trip over the socket to a "
+        "backend process, where SQLite runs it inside the kit's own. "
+        f"{cores} cores / {_n(_total_cpu(pg), 3)} ms is about {_n(bound)} jobs/s, the ceiling "
+        "of the PostgreSQL drain here, where the kit, its spoolers and the server share the "
+        "cores.",
+    ]
+    figures = [("drain rate", drain, True), ("enqueue rate", enqueue, True),
+               ("idle pickup p50", pg["pickup"]["p50_ms"] / sqlite["pickup"]["p50_ms"], False),
+               ("CPU per job", cpu, False)]  # fmt: skip
+    if http_sqlite and http_pg:
+        ratio = http_pg["requests_per_s"] / http_sqlite["requests_per_s"]
+        figures.append(("HTTP enqueue", ratio, True))
+        said.append(
+            f"Over HTTP (`POST /jobs`, 32 connections, the spoolers draining meanwhile) the "
+            f"kit on PostgreSQL answers {ratio:.2f}x the requests per second."
+        )
+    said.append(_verdict(figures))
+    return [
+        "",
+        "## The PostgreSQL store against SQLite (one machine, disk)",
+        "",
+        "| | SQLite (kit) | PostgreSQL (kit-pg) | PostgreSQL / SQLite |",
+        "|---|---|---|---|",
+        *[f"| {what} | {a} | {b} | {ratio} |" for what, a, b, ratio in rows],
+        "",
+        " ".join(said),
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     core, ext = results["core"], results["extended"]
     machine, fs = results["machine"], results["filesystems"]
@@ -103,13 +232,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"`disk` = {fs.get('disk') or '?'}, `tmpfs` = {fs.get('tmpfs') or '?'}. Versions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
+        *_postgres_setup(results),
         "Every system: 2 consumer processes with concurrency 1, a no-op task whose first statement "
         "writes 16 bytes (job number, start time) to a record file, one producer (for uWSGI systems "
         "a loop in the single web worker, else a loop in the bench process). Method: bench/README.md.",
         "",
         "## Main table",
         "",
-        "| system | fs | N | enqueue jobs/s | drain jobs/s | pickup p50 / p99 ms | CPU ms/job consumers + producer | promises |",
+        "| system | fs | N | enqueue jobs/s | drain jobs/s | pickup p50 / p99 ms | CPU ms/job consumers + producer (+ store server) | promises |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row, data in core.items():
@@ -117,10 +247,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {results['labels'].get(key, key)} | {place} | {data['n']:,} | {_n(data['enqueue_per_s'])} | "
             f"{_n(data['drain_per_s'])} | {data['pickup']['p50_ms']:.2f} / {data['pickup']['p99_ms']:.2f} | "
-            f"{data['cpu_ms_consumers']:.3f} + {data['cpu_ms_producer']:.3f} | {results['promises'].get(key, '')} |"
+            f"{_cpu(data)} | {results['promises'].get(key, '')} |"
         )  # fmt: skip
     lines += ["", "enqueue and drain: median of the trials; drain = N / (last job start - first enqueue), "
-              "consumers running while the producer enqueues.", "", "## Targets (this run)", "",
+              "consumers running while the producer enqueues. Store server: the CPU of PostgreSQL's "
+              "processes (kit-pg) or redis-server (the Redis peers) over the same trial.",
+              *postgres_vs_sqlite(results), "", "## Targets (this run)", "",
               "| target | measured | |", "|---|---|---|"]  # fmt: skip
     lines += [
         f"| {target} | {measured} | {verdict} |" for target, measured, verdict in targets(results)

@@ -23,10 +23,12 @@ from typing import Any
 from bench.broker_bench import PEERS, BrokerDriver, RedisServer
 from bench.common import fs_of
 from bench.measure import Driver, Measure, core
+from bench.pgserver import DURABLE, PostgresCluster
 from bench.render import render
 from bench.uwsgi_bench import (
     KIT,
     KIT_NORMAL,
+    KIT_PG,
     RAW,
     UWSGI_TASKS,
     UwsgiDriver,
@@ -35,7 +37,10 @@ from bench.uwsgi_bench import (
 )
 
 log = logging.getLogger("bench")
-UWSGI_SYSTEMS = [KIT, KIT_NORMAL, RAW, UWSGI_TASKS]
+UWSGI_SYSTEMS = [KIT, KIT_PG, KIT_NORMAL, RAW, UWSGI_TASKS]
+#: Every scale step, whatever it costs: the issue's targets are about these. The kit on
+#: PostgreSQL is compared with the kit on SQLite, and is budgeted like the peers.
+EVERY_STEP = {"kit", "kit-normal", "raw", "uwsgi-tasks"}
 ON_BOTH_FILESYSTEMS = {"kit", "raw"}
 #: Drained with idle and with busy web workers: (row, system, extra environment).
 UNDER_WEB_LOAD = [
@@ -92,10 +97,11 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
     enqueue, drain = rates["enqueue_per_s"], rates["drain_per_s"]
 
     def affordable(seconds: float) -> bool:
-        # The uWSGI systems always run every step: the targets are about them,
-        # and they take minutes. The budget keeps the slow peers (RQ forks a
-        # process per job) from stretching the run past 20 minutes.
-        return isinstance(driver, UwsgiDriver) or seconds <= plan.step_budget
+        # The kit on SQLite and the raw systems always run every step: the targets
+        # are about them, and they take minutes. The budget keeps the slow peers
+        # (RQ forks a process per job), and the kit on PostgreSQL, from stretching
+        # the run past 20 minutes.
+        return driver.key in EVERY_STEP or seconds <= plan.step_budget
 
     def cost(n: int) -> float:  # expected seconds to queue and drain n jobs
         return n / enqueue + n / drain
@@ -162,6 +168,53 @@ def peer_failure_recorded(driver: Driver, step: str, errors: dict[str, str]) -> 
         errors[step] = f"{type(exc).__name__}: {exc}"
 
 
+def start_postgres(disk: Path) -> PostgresCluster:
+    """The kit-pg system's server: PostgreSQL's durable defaults (fsync, synchronous_commit,
+    full_page_writes on), data directory on the same disk as the SQLite kit's store,
+    a unix socket. Stopped by pid (``close()``) when the run ends, failed or not."""
+    disk.mkdir(parents=True, exist_ok=True)
+    cluster = PostgresCluster(DURABLE, parent=disk, timeout=60)
+    try:
+        return cluster.start()
+    except BaseException:
+        cluster.close()
+        raise
+
+
+def postgres_facts(cluster: PostgresCluster) -> dict[str, Any]:
+    """What RESULTS.md says about the server: version, the settings behind a commit, disk."""
+    with cluster.connect() as conn:
+        found = {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes",
+                         "wal_sync_method", "shared_buffers")
+        }  # fmt: skip
+    found["filesystem"] = fs_of(cluster.data_dir)
+    found["connection"] = "unix socket"
+    return found
+
+
+def measure_all(drivers: list[tuple[str, Driver]], plan: Plan, results: dict[str, Any]) -> None:
+    """The main table for every row, then the scale steps for the rows on disk."""
+    for row, driver in drivers:
+        log.info("main table: %s", row)
+        base = driver.base
+        results["filesystems"]["tmpfs" if "@tmpfs" in row else "disk"] = fs_of(base.parent)
+        results["labels"][driver.key] = driver.label
+        results["promises"][driver.key] = driver.promises
+        with peer_failure_recorded(driver, f"{row}: main table", results["errors"]):
+            n = adapted_n(driver, plan)
+            results["core"][row] = core(driver, n, plan.trials, plan.pickups)
+            log.info("  %s", {k: v for k, v in results["core"][row].items() if k != "trials"})
+    for row, driver in drivers:
+        if row.endswith("@tmpfs") or row not in results["core"]:
+            continue
+        log.info("scale: %s", row)
+        with peer_failure_recorded(driver, f"{row}: scale", results["errors"]):
+            results["extended"][row] = extended(driver, plan, results["core"][row])
+            log.info("  %s", results["extended"][row])
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -192,6 +245,7 @@ def versions() -> dict[str, str]:
         "huey",
         "dramatiq",
         "uwsgi-tasks",
+        "psycopg",
     ):
         try:
             found[name] = version(name)
@@ -239,41 +293,35 @@ def main(argv: list[str] | None = None) -> int:
         return not only or key in only
 
     uwsgi_systems: list[UwsgiSystem] = [s for s in UWSGI_SYSTEMS if wanted(s.key)]
-    redis = None
+    redis: RedisServer | None = None
+    postgres: PostgresCluster | None = None
     peers: list[BrokerDriver] = []
-    if any(wanted(peer.key) for peer in PEERS):
-        redis = RedisServer(disk / "redis").start()
-        peers = [peer(disk / "peers" / peer.key, redis) for peer in PEERS if wanted(peer.key)]
     try:
+        if any(wanted(peer.key) for peer in PEERS):
+            redis = RedisServer(disk / "redis").start()
+            peers = [peer(disk / "peers" / peer.key, redis) for peer in PEERS if wanted(peer.key)]
+        if any(system.postgres for system in uwsgi_systems):
+            postgres = start_postgres(disk)
+            results["postgres"] = postgres_facts(postgres)
+            log.info("PostgreSQL: %s", results["postgres"])
         drivers: list[tuple[str, Driver]] = []
         for system in uwsgi_systems:
             places = ("disk", "tmpfs") if system.key in ON_BOTH_FILESYSTEMS else ("disk",)
             for place in places:
                 base = (disk if place == "disk" else tmpfs) / system.key
-                drivers.append((f"{system.key}@{place}", UwsgiDriver(system, base)))
+                driver = UwsgiDriver(system, base, postgres=postgres)
+                drivers.append((f"{system.key}@{place}", driver))
         drivers += [(f"{peer.key}@disk", peer) for peer in peers]
-        for row, driver in drivers:
-            log.info("main table: %s", row)
-            base = driver.base
-            results["filesystems"]["tmpfs" if "@tmpfs" in row else "disk"] = fs_of(base.parent)
-            results["labels"][driver.key] = driver.label
-            results["promises"][driver.key] = driver.promises
-            with peer_failure_recorded(driver, f"{row}: main table", results["errors"]):
-                n = adapted_n(driver, plan)
-                results["core"][row] = core(driver, n, plan.trials, plan.pickups)
-                log.info("  %s", {k: v for k, v in results["core"][row].items() if k != "trials"})
-        for row, driver in drivers:
-            if row.endswith("@tmpfs") or row not in results["core"]:
-                continue
-            log.info("scale: %s", row)
-            with peer_failure_recorded(driver, f"{row}: scale", results["errors"]):
-                results["extended"][row] = extended(driver, plan, results["core"][row])
-                log.info("  %s", results["extended"][row])
+        measure_all(drivers, plan, results)
         results["web_load"] = web_load(plan, disk, only)
     finally:
-        if redis is not None:
-            results["redis"] = {"port": redis.port}
-            redis.stop()
+        try:
+            if redis is not None:
+                results["redis"] = {"port": redis.port}
+                redis.stop()
+        finally:
+            if postgres is not None:
+                postgres.close()  # by pid (SIGQUIT to the postmaster), then its directory
     results["seconds"] = round(time.time() - started)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     render(results, out_dir)

@@ -1,9 +1,12 @@
-"""The uWSGI-based systems: the kit, raw uwsgidecorators @spool, uwsgi-tasks.
+"""The uWSGI-based systems: the kit (SQLite or PostgreSQL store), raw
+uwsgidecorators @spool, uwsgi-tasks.
 
 Each runs in its own uWSGI instance: 1 web worker (which runs the producer
 loop: uwsgi.spool() and the wake-up only exist there), 2 spoolers,
 spooler-frequency 1, request logging off. The kit runs on the repository's
 own uwsgi.ini ([spoolkit] section), so its settings are the kit's defaults.
+Its store is a SQLite file in the instance's directory, or, for ``kit-pg``, a
+fresh database on a PostgreSQL server the run started (``PostgresDatabase``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.common import (
     REPO,
@@ -31,6 +34,7 @@ from bench.common import (
     wait_records,
 )
 from bench.measure import Measure
+from bench.pgserver import PostgresCluster
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class UwsgiSystem:
     http_body: str
     promises: str
     env: tuple[tuple[str, str], ...] = ()
+    postgres: bool = False  # the store on the run's PostgreSQL server, not a SQLite file
 
 
 KIT = UwsgiSystem(
@@ -56,6 +61,13 @@ KIT_NORMAL = UwsgiSystem(
     "no fsync: a power cut may lose the jobs accepted just before it; status kept",
     env=(("SPOOLKIT_SYNC", "normal"),),
 )  # fmt: skip
+KIT_PG = UwsgiSystem(
+    "kit-pg", "spoolkit, PostgreSQL store (1 node)", "bench.apps.kit_app:app", True, "/jobs",
+    '{"task": "bench.noop", "args": [1]}',
+    "job row committed with synchronous_commit=on (WAL fsynced) before 202; status, attempts "
+    "and result kept",
+    postgres=True,
+)  # fmt: skip
 RAW = UwsgiSystem(
     "raw", "raw uWSGI spooler (uwsgidecorators @spool)", "bench.apps.raw_app:app", False,
     "/bench/http", '{"args": [1]}', "spool file not fsynced; no status, no result",
@@ -66,6 +78,58 @@ UWSGI_TASKS = UwsgiSystem(
 )  # fmt: skip
 
 
+class Store(Protocol):
+    """Where a kit instance keeps its jobs: made fresh at each start, dropped at stop."""
+
+    def create(self, base: Path) -> str:
+        """A new, empty store for an instance in ``base``; returns its SPOOLKIT_DATABASE."""
+        ...
+
+    def drop(self) -> None: ...
+
+    def server_pids(self) -> list[int]:
+        """Processes outside the instance doing the store's work (none for SQLite)."""
+        ...
+
+
+class SQLiteFile:
+    """The kit's default: a SQLite file in the instance's spool directory (deleted
+    with the directory at the next start)."""
+
+    def create(self, base: Path) -> str:
+        return str(base / "spool" / "spoolkit.db")
+
+    def drop(self) -> None:
+        pass
+
+    def server_pids(self) -> list[int]:
+        return []
+
+
+class PostgresDatabase:
+    """A database of its own on the run's PostgreSQL server for each start; the kit
+    creates its schema at start-up, as in production."""
+
+    def __init__(self, cluster: PostgresCluster) -> None:
+        self.cluster = cluster
+        self.name: str | None = None
+
+    def create(self, base: Path) -> str:
+        self.drop()
+        self.name = self.cluster.create_database()
+        return self.cluster.dsn(self.name)
+
+    def drop(self) -> None:
+        if self.name is not None:
+            self.cluster.drop_database(self.name)
+            self.name = None
+
+    def server_pids(self) -> list[int]:
+        """The postmaster and everything under it: the backends serving the instance's
+        connections, the WAL writer, the checkpointer, autovacuum."""
+        return self.cluster.processes()
+
+
 class UwsgiDriver:
     def __init__(
         self,
@@ -73,10 +137,16 @@ class UwsgiDriver:
         base: Path,
         extra_env: dict[str, str] | None = None,
         workers: int = 1,
+        postgres: PostgresCluster | None = None,
     ) -> None:
         self.system = system
         self.key, self.label, self.promises = system.key, system.label, system.promises
         self.base = base
+        self.store: Store = SQLiteFile()
+        if system.postgres:
+            if postgres is None:
+                raise ValueError(f"{system.key} needs the run's PostgreSQL server (postgres=)")
+            self.store = PostgresDatabase(postgres)
         self.workers = workers
         self.extra_env = {**dict(system.env), **(extra_env or {})}
         self.record = str(base / "records.bin")
@@ -106,22 +176,21 @@ class UwsgiDriver:
         shutil.rmtree(self.base, ignore_errors=True)
         (self.base / "spool").mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
-        env.update(
-            BENCH_RECORD=self.record,
-            SPOOLKIT_HTTP=f"127.0.0.1:{self.port}",
-            SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
-            SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
-            SPOOLKIT_DATABASE=str(self.base / "spool" / "spoolkit.db"),
-            SPOOLKIT_WORKERS=str(self.workers),
-            **self.extra_env,
-        )
-        log = open(self.base / "uwsgi.log", "wb")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(
-            self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        log.close()
         try:
+            env.update(
+                BENCH_RECORD=self.record,
+                SPOOLKIT_HTTP=f"127.0.0.1:{self.port}",
+                SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
+                SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
+                SPOOLKIT_DATABASE=self.store.create(self.base),
+                SPOOLKIT_WORKERS=str(self.workers),
+                **self.extra_env,
+            )
+            with open(self.base / "uwsgi.log", "wb") as log:  # the child keeps its own copy
+                self.process = subprocess.Popen(
+                    self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )  # fmt: skip
             wait_for(self._up, 60, f"{self.key} to start")
         except BaseException:
             self.stop()
@@ -140,9 +209,12 @@ class UwsgiDriver:
             return False
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_tree(self.process)
-            self.process = None
+        try:
+            if self.process is not None:
+                stop_tree(self.process)
+                self.process = None
+        finally:
+            self.store.drop()
 
     # -- the Driver interface ---------------------------------------------------------
 
@@ -164,6 +236,9 @@ class UwsgiDriver:
     def enqueue_far(self, first: int, n: int, at: float) -> float:
         answer = get_json(self.url(f"/bench/enqueue_at?n={n}&start={first}&at={at}"), timeout=1800)
         return n / (answer["t1"] - answer["t0"])
+
+    def store_pids(self) -> list[int]:
+        return self.store.server_pids()
 
     def consumer_pids(self) -> list[int]:
         """The spoolers of the spool directory the bench's jobs go to. The kit's uwsgi.ini

@@ -27,7 +27,13 @@ from typing import Any
 
 from flask import Flask
 
-from bench.common import descendants, free_port, read_stats, wait_for  # one copy for both
+from bench.common import (  # one copy for both
+    alive,
+    descendants,
+    free_port,
+    read_stats,
+    wait_for,
+)
 from spoolkit import SpoolKit
 from spoolkit.spoolfile import OWN_PREFIX, pack_vars
 from spoolkit.states import FINISHED
@@ -50,21 +56,6 @@ def make_app(tmp_path: Path, **config: Any) -> Flask:
     )
     SpoolKit(app)
     return app
-
-
-def alive(pid: int) -> bool:
-    """Is ``pid`` running? The tests' only such check. Unlike the kit's
-    ``process_exists``, a zombie counts as dead: a killed child its parent
-    has not reaped yet has stopped doing anything."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is not alive for our purposes.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 class Response:

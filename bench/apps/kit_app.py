@@ -1,5 +1,6 @@
 """The kit, with its default settings: the repository's uwsgi.ini ([spoolkit]),
-SQLite store, status tracked for every job."""
+status tracked for every job. The store is SPOOLKIT_DATABASE's: a SQLite file, or
+for kit-pg a database on the PostgreSQL server the bench started."""
 
 from __future__ import annotations
 
