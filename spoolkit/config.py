@@ -10,6 +10,7 @@ address, the spool directory); the README lists both.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -74,6 +75,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "spooler_nice": _optional_int,
     "dashboard": _bool,
     "metrics_public": _bool,
+    "node": str,
 }
 
 
@@ -123,6 +125,8 @@ class Config:
     dashboard: bool = True
     #: Serve /metrics without the token (a scraper inside a trusted network).
     metrics_public: bool = False
+    #: This server's name among those using the store (``/healthz`` lists them).
+    node: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -161,7 +165,8 @@ class Config:
 def load_config(app: Flask) -> Config:
     """Resolve every setting for ``app`` (app.config, then environment, then default)."""
     values: dict[str, Any] = {}
-    defaults = {"database": os.path.join(app.root_path, "spool", "spoolkit.db")}
+    defaults = {"database": os.path.join(app.root_path, "spool", "spoolkit.db"),
+                "node": socket.gethostname()}  # fmt: skip
     for field in fields(Config):
         key = PREFIX + field.name.upper()
         if key in app.config:

@@ -35,13 +35,11 @@ from .firing import PeriodicJobs
 from .job import Job
 from .runner import Runner
 from .states import WAITING, JobState
-from .store import HOSTS_SEEN, HOUSEKEEPER_BEAT, SPOOLERS_SEEN, Store
+from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, Store
 
 log = logging.getLogger("spoolkit.housekeeping")
 
 BATCH = 500
-#: A host whose housekeeper has not passed for this long no longer uses the store.
-HOST_STALE = 60.0
 #: Jobs looked at per periodic pass (the start-up pass looks at all).
 PASS_LIMIT = 2000
 #: Jobs touched more recently than this are left alone (an enqueue may be
@@ -90,17 +88,8 @@ class Housekeeper:
             while purged := store.purge(now - self.config.result_ttl):
                 report.purged += purged
         self.record_spoolers(now)
-        self.record_host(now)
         store.set_meta(HOUSEKEEPER_BEAT, repr(now))
         return report
-
-    def record_host(self, now: float) -> None:
-        """This host's beat among the hosts using the store (stale ones dropped)."""
-        recorded = self.store.get_meta(HOSTS_SEEN)
-        hosts: dict[str, float] = json.loads(recorded) if recorded else {}
-        hosts = {name: beat for name, beat in hosts.items() if now - beat < HOST_STALE}
-        hosts[socket.gethostname()] = now
-        self.store.set_meta(HOSTS_SEEN, json.dumps(hosts))
 
     def _recover(self, job: Job, report: Report) -> None:
         store, runner = self.store, self.runner
@@ -162,14 +151,16 @@ class Housekeeper:
         return killed
 
     def record_spoolers(self, now: float) -> None:
-        """Note the spoolers alive per queue in the store, where ``flask spoolkit queues``
-        (a process outside uWSGI, which cannot count them) reads them."""
+        """Record this node's beat with its spoolers alive (per queue too), and the
+        spoolers per queue where a process outside uWSGI (the CLI) reads them."""
         _, health = self.runner.health()
-        queues = health.get("queues")
-        if queues:
-            seen = {name: entry["spoolers_alive"] for name, entry in queues.items()}
+        queues = health.get("queues") or {}
+        seen = {name: entry["spoolers_alive"] for name, entry in queues.items()}
+        if seen:
             self.store.set_meta(SPOOLERS_SEEN, json.dumps(
                 {"at": now, "queues": seen, "spoolers": health.get("spoolers")}))  # fmt: skip
+        figures = {"spoolers": health.get("spoolers"), "queues": seen}
+        self.store.beat(self.config.node, socket.gethostname(), json.dumps(figures), now)
 
     def fire_due(self, now: float) -> int:
         """Queue a job for each periodic schedule's due slot, at most once per slot."""

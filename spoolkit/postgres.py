@@ -50,6 +50,7 @@ from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
 from .rows import (
     ATTEMPT,
+    BEAT,
     CLAIM,
     CLAIM_DECIDED,
     COLUMNS,
@@ -128,6 +129,12 @@ CREATE TABLE IF NOT EXISTS spoolkit_periodic (
     fired_slot DOUBLE PRECISION,
     fired_job TEXT,
     updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS spoolkit_nodes (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    beat DOUBLE PRECISION NOT NULL,
+    figures TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS spoolkit_stats (
     task TEXT NOT NULL,
@@ -349,6 +356,17 @@ class PostgresStore(SQLStore):  # implements store.Store
             return replace(job, callbacks=tuple(row[0] for row in children), history=history)
 
         return self._transact(read)
+
+    #: The database server's clock, which every host shares: node ages never depend
+    #: on how far apart the hosts' own clocks are.
+    CLOCK = "EXTRACT(EPOCH FROM clock_timestamp())"
+
+    def _clock(self, now: float) -> list[float]:
+        return []
+
+    def beat(self, node: str, host: str, figures: str, now: float) -> None:
+        self._transact(lambda conn: conn.execute(
+            pg(BEAT.format(clock=self.CLOCK)), (node, host, figures)), durable=False)  # fmt: skip
 
     def set_meta(self, key: str, value: str) -> None:
         self._transact(lambda conn: conn.execute(

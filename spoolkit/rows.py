@@ -18,7 +18,7 @@ from . import stats
 from .errors import InvalidJobState, JobNotFound
 from .job import Job, JobError, Progress
 from .states import FINISHED, RETRYABLE, WAITING, JobState
-from .store import FollowUp, NewJob, QueueCounts, SlotRecord
+from .store import FollowUp, NewJob, Node, QueueCounts, SlotRecord
 
 #: Attempts kept in a job's history.
 HISTORY_LIMIT = 50
@@ -152,6 +152,12 @@ TOTALS = (
     "INSERT INTO spoolkit_stats (task, series, value) VALUES (?, ?, ?) "
     "ON CONFLICT (task, series) DO UPDATE SET value = spoolkit_stats.value + excluded.value"
 )
+#: A node's beat (see ``SQLStore.CLOCK``).
+BEAT = (
+    "INSERT INTO spoolkit_nodes (id, host, beat, figures) VALUES (?, ?, {clock}, ?) "
+    "ON CONFLICT (id) DO UPDATE SET host = excluded.host, beat = excluded.beat, "
+    "figures = excluded.figures"
+)
 ATTEMPT = (
     "INSERT INTO spoolkit_attempts (job_id, attempt, started_at, finished_at, outcome, "
     "error_type, error_message, runner_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -182,7 +188,23 @@ class SQLStore:
     A subclass gives ``_read`` (a read, ``?`` placeholders) and ``_change`` (one
     job changed, durably, if its state allows), and implements the rest of
     ``store.Store`` itself: its connections, transactions and locking differ.
+    ``CLOCK`` is the SQL for "now" in unix seconds: ``?`` (the caller's ``now``) on
+    SQLite, the server's clock on PostgreSQL, which every host shares.
     """
+
+    CLOCK = "?"
+
+    def _clock(self, now: float) -> list[float]:
+        """The parameters ``CLOCK`` takes (none when it is the server's clock)."""
+        return [now]
+
+    def nodes(self, now: float, within: float) -> list[Node]:
+        rows = self._read(
+            f"SELECT id, host, {self.CLOCK} - beat, figures FROM spoolkit_nodes "
+            f"WHERE {self.CLOCK} - beat < ? ORDER BY id",
+            [*self._clock(now), *self._clock(now), within],
+        )
+        return [Node(node, host, max(0.0, age), figures) for node, host, age, figures in rows]
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError

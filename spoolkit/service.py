@@ -37,7 +37,7 @@ from .retry import RetryPolicy
 from .runner import Runner, hand_over
 from .schedule import resolve_run_at, validate_priority
 from .states import FINISHED, JobState
-from .store import HOSTS_SEEN, HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
+from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
 from .task import EXTENSION_KEY, Call
 
 log = logging.getLogger("spoolkit")
@@ -329,15 +329,16 @@ class JobService:
         """Seconds after which the housekeeper's last pass is called late."""
         return max(30.0, 3 * self.config.housekeeping_interval)
 
-    def other_hosts(self, now: float) -> list[str]:
-        """Other hosts whose housekeeper used this store recently."""
-        recorded = self.store.get_meta(HOSTS_SEEN)
-        if not recorded:
-            return []
-        hosts: dict[str, float] = json.loads(recorded)
-        me = socket.gethostname()
-        return sorted(name for name, beat in hosts.items()
-                      if name != me and now - beat < self._late_after)  # fmt: skip
+    def nodes(self, now: float) -> list[dict[str, Any]]:
+        """The servers whose housekeeper used this store recently (live nodes), with
+        their spoolers: for ``/healthz``."""
+        shown = []
+        for node in self.store.nodes(now, self._late_after):
+            figures = json.loads(node.figures)
+            shown.append({"id": node.id, "host": node.host, "last_beat_age": round(node.age, 1),
+                          "spoolers": figures.get("spoolers"),
+                          "queues": figures.get("queues")})  # fmt: skip
+        return shown
 
     def housekeeper_age(self, now: float) -> float | None:
         """Seconds since the housekeeper's last pass; ``None`` before its first."""
@@ -420,7 +421,9 @@ class JobService:
             live = {name: entry["spoolers_alive"] for name, entry in runner_queues.items()}
             queues = self.queue_report(now, live or None)
             report["store"] = "ok"
-            others = self.other_hosts(now)
+            report["nodes"] = self.nodes(now)
+            me = socket.gethostname()
+            others = sorted({node["host"] for node in report["nodes"] if node["host"] != me})
             if others:
                 report["store"] = (
                     f"shared with {', '.join(others)}: one host per store until multi-host "

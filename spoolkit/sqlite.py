@@ -30,6 +30,7 @@ from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
 from .rows import (
     ATTEMPT,
+    BEAT,
     CLAIM,
     CLAIM_DECIDED,
     COLUMNS,
@@ -95,6 +96,12 @@ CREATE TABLE IF NOT EXISTS spoolkit_stats (
     value REAL NOT NULL,
     PRIMARY KEY (task, series)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spoolkit_nodes (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    beat REAL NOT NULL,
+    figures TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS spoolkit_periodic (
     name TEXT PRIMARY KEY,
     last_slot REAL NOT NULL,
@@ -413,6 +420,9 @@ class SQLiteStore(SQLStore):  # implements store.Store
         self._locked(
             lambda: self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         )
+
+    def beat(self, node: str, host: str, figures: str, now: float) -> None:
+        self._statement(BEAT.format(clock="?"), (node, host, now, figures))
 
     def set_meta(self, key: str, value: str) -> None:
         with self._write() as conn:

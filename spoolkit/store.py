@@ -24,10 +24,6 @@ HOUSEKEEPER_BEAT = "housekeeper"
 #: ``set_meta`` key: the spoolers alive per queue the housekeeper last saw (JSON,
 #: ``{"at": unix seconds, "queues": {name: count}}``), for the CLI outside uWSGI.
 SPOOLERS_SEEN = "spoolers"
-#: ``set_meta`` key: the hosts whose housekeeper last passed, and when (JSON,
-#: ``{hostname: unix seconds}``). Until multi-host mode exists, a store is served by
-#: one host: ``/healthz`` says so when another host's housekeeper uses it too.
-HOSTS_SEEN = "hosts"
 
 
 @dataclass(frozen=True)
@@ -71,6 +67,19 @@ class QueueCounts:
     running: int = 0
     #: When the oldest ready job became ready (its scheduled time, else its creation).
     oldest_ready: float | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    """A server using the store, as its housekeeper last recorded itself (``beat``)."""
+
+    id: str
+    host: str
+    #: Seconds since its last beat, by the store's clock (PostgreSQL: the database
+    #: server's, the one clock every host shares).
+    age: float
+    #: What it reported: its spoolers (alive, configured) and its queues' spoolers.
+    figures: str
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,13 @@ class Store(Protocol):
 
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...
+    def beat(self, node: str, host: str, figures: str, now: float) -> None:
+        """Record that ``node`` (on ``host``) is alive now, with its ``figures`` (JSON).
+        A store with a clock of its own (PostgreSQL) uses it rather than ``now``."""
+
+    def nodes(self, now: float, within: float) -> list[Node]:
+        """The nodes whose last beat is less than ``within`` seconds old, by id."""
+        ...
     def check(self) -> None:
         """Raise ``StoreUnavailable`` unless a job could be recorded now (for /healthz)."""
 

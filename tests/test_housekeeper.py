@@ -22,7 +22,7 @@ import pytest
 from spoolkit import spool
 from spoolkit.config import load_config
 from spoolkit.dispatcher import SPOOL_OK
-from spoolkit.housekeeping import GRACE_SECONDS, HOST_STALE, Housekeeper
+from spoolkit.housekeeping import GRACE_SECONDS, Housekeeper
 from spoolkit.job import Job, JobError
 from spoolkit.registry import TaskRegistry
 from spoolkit.runtime import SPOOLERS_FILE, process_start
@@ -30,7 +30,7 @@ from spoolkit.spooler import SpoolerRunner
 from spoolkit.spoolfile import QUARANTINE_DIR, decode_file
 from spoolkit.sqlite import SQLiteStore
 from spoolkit.states import JobState
-from spoolkit.store import HOSTS_SEEN, HOUSEKEEPER_BEAT
+from spoolkit.store import HOUSEKEEPER_BEAT
 
 from .standin import (
     Calls,
@@ -356,21 +356,27 @@ def test_maintain_purges_quarantined_files_past_the_result_ttl(kit: Kit) -> None
 # -- one host per store ---------------------------------------------------------------------
 
 
-def test_each_pass_records_this_host_and_forgets_stale_ones(kit: Kit) -> None:
+def test_each_pass_records_this_node_with_its_spoolers(kit: Kit) -> None:
     now = time.time()
-    kit.store.set_meta(HOSTS_SEEN, json.dumps({"gone": now - HOST_STALE - 1, "other": now - 5}))
     kit.housekeeper.run_once(now)
-    hosts = json.loads(kit.store.get_meta(HOSTS_SEEN) or "{}")
-    assert set(hosts) == {"other", socket.gethostname()} and hosts[socket.gethostname()] == now
+    nodes = kit.store.nodes(now + 1, 30)
+    assert [(node.id, node.host) for node in nodes] == [(socket.gethostname(),) * 2]
+    assert nodes[0].age == pytest.approx(1.0)
+    assert set(json.loads(nodes[0].figures)) == {"spoolers", "queues"}
+    assert kit.store.nodes(now + 31, 30) == []  # not seen for 30 s: no longer live
 
 
 def test_healthz_says_when_another_host_uses_the_store(tmp_path: Path) -> None:
     client = support_app(tmp_path).test_client()
     assert client.get("/healthz").status_code == 200
     service = client.application.extensions["spoolkit"]
-    service.store.set_meta(HOSTS_SEEN, json.dumps({"web-2": time.time() - 1}))
+    figures = json.dumps({"spoolers": {"alive": 2, "configured": 2}, "queues": {"default": 2}})
+    service.store.beat("web-2", "web-2", figures, time.time() - 1)
     answer = client.get("/healthz")
     assert answer.status_code == 503
     assert answer.get_json()["store"].startswith("shared with web-2: one host per store")
-    service.store.set_meta(HOSTS_SEEN, json.dumps({"web-2": time.time() - 600}))
-    assert client.get("/healthz").status_code == 200
+    assert answer.get_json()["nodes"][0]["id"] == "web-2"
+    assert answer.get_json()["nodes"][0]["spoolers"] == {"alive": 2, "configured": 2}
+    service.store.beat("web-2", "web-2", figures, time.time() - 600)
+    healthy = client.get("/healthz")
+    assert healthy.status_code == 200 and healthy.get_json()["nodes"] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def test_jobs_retries_and_progress_on_postgres(server: UwsgiServer) -> None:
     health = server.get("/healthz")
     assert health.status == 200 and health.json()["store"] == "ok"
     assert health.json()["jobs"]["succeeded"] == 22
+    # This node, as its housekeeper recorded it by the database server's clock.
+    nodes = wait_for(lambda: server.get("/healthz").json()["nodes"], 10, "the node's beat")
+    assert [node["host"] for node in nodes] == [socket.gethostname()]
+    assert nodes[0]["spoolers"] == {"alive": 4, "configured": 4}
+    assert 0 <= nodes[0]["last_beat_age"] < 5
     # The operator's views read the same store.
     metrics = server.get("/metrics").body.decode()
     assert 'spoolkit_jobs_finished_total{state="succeeded",task="tests.jobs.add"} 20.0' in metrics

@@ -8,6 +8,7 @@ on a real server the test set-up starts (tests/pg.py), a fresh database per test
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -353,3 +354,15 @@ def test_purge_by_state(store: Store) -> None:
         store.purge(1000.0, states=[JobState.QUEUED])
     assert store.purge(1000.0, states=[JobState.CANCELLED]) == 1
     assert store.get("a" * 22) is None and store.get("b" * 22) is not None
+
+
+def test_nodes_beat_and_go_stale(store: Store) -> None:
+    now = time.time()
+    store.beat("node-a", "host-1", '{"spoolers": null}', now)
+    store.beat("node-b", "host-2", "{}", now)
+    store.beat("node-a", "host-1", '{"spoolers": {"alive": 2}}', now)  # again: one row
+    nodes = store.nodes(now, 30)
+    assert [(node.id, node.host, node.figures) for node in nodes] == [
+        ("node-a", "host-1", '{"spoolers": {"alive": 2}}'), ("node-b", "host-2", "{}")]
+    assert all(0 <= node.age < 5 for node in nodes)  # by the store's clock
+    assert store.nodes(now, 0.0) == []
