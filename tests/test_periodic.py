@@ -267,21 +267,32 @@ def test_racing_firers_on_one_store_fire_each_slot_once(tmp_path: Path) -> None:
     start = 1_000_000.0
     barrier = threading.Barrier(len(firers))
 
+    errors: list[BaseException] = []
+
     def run(firer: PeriodicJobs) -> None:
-        # Each thread opens its connections before any of them writes: opening one
-        # while another connection commits can fail at once (the store's timeout=0).
+        # Each thread opens its connections before any of them writes, through the
+        # store's retry: opening one while another connection commits can fail at once
+        # (the store's timeout=0).
         store = firer.store
         assert isinstance(store, SQLiteStore)
-        store._connection(durable=False), store._connection(durable=True)
-        for step in range(40):
-            barrier.wait(timeout=30)
-            firer.fire_due(start + step * 0.5)
+        try:
+            store._locked(lambda: store._connection(durable=False))
+            store._locked(lambda: store._connection(durable=True))
+            for step in range(40):
+                barrier.wait(timeout=120)  # a slow disk under a loaded CI, not a hang
+                firer.fire_due(start + step * 0.5)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()  # the others stop waiting for this one
+            raise
 
     threads = [threading.Thread(target=run, args=(firer,)) for firer in firers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    # The first error is the cause (the others are the broken barrier it left).
+    assert not errors, f"a firer failed: {errors[0]!r}"
     slots = [job.periodic_slot for job in SQLiteStore(path).list_jobs(limit=1000)]
     assert Counter(slots).most_common(1)[0][1] == 1
     assert sorted(slots) == [start + n for n in range(1, 20)]
