@@ -345,10 +345,14 @@ class JobService:
         beat = self.store.get_meta(HOUSEKEEPER_BEAT)
         return round(now - float(beat), 1) if beat else None
 
-    def spoolers(self, now: float) -> dict[str, int | None]:
-        """Spoolers alive and configured: counted here under uWSGI, else as the
-        housekeeper last recorded them (``None`` when unknown)."""
-        _, report = self.runner.health()
+    def spoolers(
+        self, now: float, report: Mapping[str, Any] | None = None
+    ) -> dict[str, int | None]:
+        """Spoolers alive and configured: counted here under uWSGI (``report``: the
+        runner's health report, if the caller has one), else as the housekeeper last
+        recorded them (``None`` when unknown)."""
+        if report is None:
+            _, report = self.runner.health()
         counted = report.get("spoolers")
         if counted is None:
             seen = self._spoolers_seen(now)
@@ -360,19 +364,26 @@ class JobService:
         """Everything an operator looks at first, for the dashboard, ``/metrics`` and
         ``flask spoolkit stats``: jobs per state, per queue (with the oldest ready
         job's age and its spoolers), spoolers alive of configured, jobs finished in
-        the last 5 and 60 minutes, and the housekeeper's last pass."""
+        the last 5 and 60 minutes, and the housekeeper's last pass.
+
+        One look at the runner's processes serves the totals and the queues, and the
+        jobs per state are summed from the per-queue counts (one scan of the table)."""
         per_queue: dict[str, dict[str, int]] = {}
         for (queue, state), count in self.store.state_counts().items():
-            per_queue.setdefault(queue, {}).setdefault(state, 0)
-            per_queue[queue][state] += count
-        queues = self.queue_report(now)
+            per_queue.setdefault(queue, {})[state] = count
+        _, runner_report = self.runner.health()
+        live = {name: entry["spoolers_alive"]
+                for name, entry in runner_report.get("queues", {}).items()}  # fmt: skip
+        queues = self.queue_report(now, live or None)
         for name, figures in queues.items():
             figures["states"] = {s.value: per_queue.get(name, {}).get(s.value, 0) for s in JobState}
+        states = {s.value: sum(counts.get(s.value, 0) for counts in per_queue.values())
+                  for s in JobState}  # fmt: skip
         return {
             "mode": self.runner.name,
-            "states": self.store.counts(),
+            "states": states,
             "queues": queues,
-            "spoolers": self.spoolers(now),
+            "spoolers": self.spoolers(now, runner_report),
             "finished": {
                 "5m": self.store.finished_since(now - 300),
                 "60m": self.store.finished_since(now - 3600),
