@@ -76,6 +76,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dashboard": _bool,
     "metrics_public": _bool,
     "node": str,
+    "node_timeout": float,
 }
 
 
@@ -125,8 +126,12 @@ class Config:
     dashboard: bool = True
     #: Serve /metrics without the token (a scraper inside a trusted network).
     metrics_public: bool = False
-    #: This server's name among those using the store (``/healthz`` lists them).
+    #: This server's name among those using the store (``/healthz`` lists them); on a
+    #: store several hosts share, unique per uWSGI instance.
     node: str = ""
+    #: Several hosts on one store: a node silent (no heartbeat) this many seconds is
+    #: taken for dead, and another node takes its jobs back.
+    node_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -140,6 +145,7 @@ class Config:
             "retry_after",
             "store_timeout",
             "spool_ahead",
+            "node_timeout",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -147,6 +153,10 @@ class Config:
         for name in ("max_backoff", "result_ttl", "timeout_grace", "abort_grace"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{PREFIX}{name.upper()} must be >= 0")
+        if not self.node or len(self.node) > 100 or not self.node.isprintable():
+            raise ConfigurationError(
+                f"{PREFIX}NODE must be 1 to 100 printable characters, got {self.node!r}"
+            )
         if self.spooler_nice is not None and not -20 <= self.spooler_nice <= 19:
             raise ConfigurationError(f"{PREFIX}SPOOLER_NICE must be between -20 and 19")
         scheme, found, _ = self.database.partition("://")

@@ -45,6 +45,15 @@ class EagerRunner:
                                         follow_ups=follow_ups)  # fmt: skip
         log.warning("SPOOLKIT_EAGER is on: jobs run inside delay(), at once (tests only)")
 
+    #: Runs the jobs of this process only: it claims nothing from other hosts.
+    node = None
+
+    def capacity(self) -> dict[str, int]:
+        return {}
+
+    def lost(self, job: Job, why: str) -> None:
+        hand_over(self, self.worker.lost(job, why).follow_ups)
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return EAGER_DELIVERY
 

@@ -68,5 +68,10 @@ class StoreFull(StoreUnavailable):
     """The job store's disk is full: nothing was recorded (HTTP 507)."""
 
 
+class NodeFenced(SpoolkitError):
+    """This node was taken for dead by another (its heartbeat went stale) and its
+    jobs were taken back: it must register again before it claims any job."""
+
+
 class SpoolWriteError(SpoolkitError):
     """A spool file could not be written (disk full, permissions)."""

@@ -22,8 +22,9 @@ from .service import JobService, current_service
 from .spooler import SpoolerRunner
 from .sqlite import SQLiteStore
 from .states import JobState
-from .store import Store
+from .store import SharedStore, Store
 from .task import EXTENSION_KEY, Task
+from .webnode import WebNodeRunner
 
 log = logging.getLogger("spoolkit")
 
@@ -32,11 +33,16 @@ log = logging.getLogger("spoolkit")
 services: list[JobService] = []
 
 
-def choose_runner(config: Config) -> type[SpoolerRunner | LocalRunner | EagerRunner]:
-    """Eager when asked for; under uWSGI its spoolers; else threads of this process."""
+def choose_runner(
+    config: Config, store: Store
+) -> type[SpoolerRunner | WebNodeRunner | LocalRunner | EagerRunner]:
+    """Eager when asked for; under uWSGI its spoolers, or, without any on a store
+    several hosts share, a web node's; else threads of this process."""
     if config.eager:
         return EagerRunner
     if runtime.uwsgi_module() is not None:
+        if isinstance(store, SharedStore) and not runtime.declares_spooler():
+            return WebNodeRunner
         return SpoolerRunner
     return LocalRunner
 
@@ -64,18 +70,18 @@ class SpoolKit:
                 raise ConfigurationError(
                     f"SPOOLKIT_IMPORTS: cannot import {module!r}: {exc}"
                 ) from exc
-        runner_class = choose_runner(config)
         # Where a housekeeping mule checkpoints the WAL every half second, the
         # high threshold only guards a set-up without the mule.
-        autocheckpoint = 10_000 if runner_class.housekept else 1000
+        housekept = not config.eager and runtime.uwsgi_module() is not None
         store: Store
         if config.uses_postgres:
             store = PostgresStore(config.database, timeout=config.store_timeout)
         else:
             store = SQLiteStore(config.database, synchronous=config.sync,
                                 timeout=config.store_timeout,
-                                autocheckpoint=autocheckpoint)  # fmt: skip
+                                autocheckpoint=10_000 if housekept else 1000)  # fmt: skip
         store.setup()
+        runner_class = choose_runner(config, store)
         # The webhook delivery task, with the attempts the settings give it.
         self.registry.register(Task(webhook.deliver, name=webhook.WEBHOOK_TASK, policy=RetryPolicy(
             config.webhook_max_attempts, webhook.BACKOFF)))  # fmt: skip

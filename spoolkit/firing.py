@@ -147,7 +147,8 @@ class PeriodicJobs:
         return NewJob(
             id=job_id, task=call.task, payload=call.payload,
             max_attempts=call.policy.max_attempts, backoff=call.policy.backoff, priority=None,
-            created_at=now, run_at=None, spool_file=self.runner.delivery_for(job_id, None, now),
+            created_at=now, run_at=None, spool_file=None if self.runner.parking.parks(None, now)
+            else self.runner.delivery_for(job_id, None, now),
             origin=call.origin, on_success=call.on_success, on_failure=call.on_failure,
             timeout=call.timeout, queue=call.queue or DEFAULT_QUEUE,
         )  # fmt: skip

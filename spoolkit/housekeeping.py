@@ -16,6 +16,15 @@ housekeeper runs in a mule (``mule = spoolkit.mule:run`` in uwsgi.ini) and
 * deletes finished jobs older than ``SPOOLKIT_RESULT_TTL``;
 * every half second, fires the periodic schedules' due slots (firing.py).
 
+Where several hosts share the store (``store.SharedStore``, a runner with a
+``node``), the housekeeper is also its node's agent: it registers the node at
+start (a new epoch; the jobs of its previous run come back without an
+attempt counted), beats once a second from a thread of its own, claims jobs
+for its idle spoolers whenever a notification says one may be claimable (and
+every tick: a notification is lost while a connection is down), takes back
+the jobs of nodes whose beat is older than ``SPOOLKIT_NODE_TIMEOUT``, and
+recovers only its own node's jobs.
+
 A pass looks at a bounded number of jobs, continuing where the last one
 stopped, so a backlog of 100,000 jobs costs each pass the same as one of
 a thousand. Every change is a conditional update, so a claim, a cancel or
@@ -27,15 +36,17 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
 from .config import Config
+from .errors import NodeFenced, StoreUnavailable
 from .firing import PeriodicJobs
 from .job import Job
 from .runner import Runner
 from .states import WAITING, JobState
-from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, Store
+from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, SharedStore, Store
 
 log = logging.getLogger("spoolkit.housekeeping")
 
@@ -47,6 +58,8 @@ PASS_LIMIT = 2000
 GRACE_SECONDS = 2.0
 #: How often parked jobs are checked for being nearly due.
 SCHEDULER_TICK = 0.5
+#: How often a node records its heartbeat (several hosts on one store).
+BEAT_INTERVAL = 1.0
 
 
 @dataclass
@@ -66,6 +79,9 @@ class Housekeeper:
         self.config = config
         self.periodic = periodic
         self._cursor = ""
+        #: This node's epoch, once registered (several hosts on one store).
+        self.epoch: int | None = None
+        self._capacity: dict[str, int] = {}
 
     def run_once(self, now: float | None = None, limit: int | None = PASS_LIMIT) -> Report:
         """One pass over up to ``limit`` unfinished jobs (all with ``None``)."""
@@ -75,7 +91,8 @@ class Housekeeper:
         on_its_way = self.runner.survey(now)
         seen = 0
         while limit is None or seen < limit:
-            jobs = store.unfinished(self._cursor, BATCH, updated_before=now - GRACE_SECONDS)
+            jobs = store.unfinished(self._cursor, BATCH, updated_before=now - GRACE_SECONDS,
+                                    node=self.runner.node)  # fmt: skip
             if not jobs:
                 self._cursor = ""  # wrapped around: the next pass starts again
                 break
@@ -121,9 +138,12 @@ class Housekeeper:
                         "parked until nearly due" if far else "spooled again")  # fmt: skip
 
     def spool_due(self, now: float | None = None) -> int:
-        """Hand the runner the parked jobs due soon; return how many."""
+        """Hand the runner the parked jobs due soon (claimed for this node where nodes
+        share the store); return how many."""
         store, runner = self.store, self.runner
         now = time.time() if now is None else now
+        if runner.node is not None and isinstance(store, SharedStore):
+            return self.claim_due(store, runner.node, now)
         ahead = runner.parking.ahead or 0.0
         spooled = 0
         while jobs := store.due_parked(now + ahead, BATCH):
@@ -138,11 +158,54 @@ class Housekeeper:
                 break
         return spooled
 
+    def claim_due(self, store: SharedStore, node: str, now: float) -> int:
+        """Claim jobs due within a tick for this node's idle spoolers and spool each
+        here; how many. A node taken for dead meanwhile registers again first."""
+        if self.epoch is None:
+            self.join(store, node, now)
+        if not self._capacity:
+            return 0
+        assert self.epoch is not None
+        try:
+            claimed = store.claim_parked(
+                node, self.epoch, self._capacity, now + SCHEDULER_TICK, now,
+                lambda job: self.runner.delivery_for(job.id, job.priority, now),
+            )  # fmt: skip
+        except NodeFenced as exc:
+            log.error("%s: another node took this node's jobs back (its heartbeat was "
+                      "stale); registering again", exc)  # fmt: skip
+            self.join(store, node, now)
+            return 0
+        for job, payload in claimed:
+            self.runner.submit(job, payload)
+        return len(claimed)
+
+    def join(self, store: SharedStore, node: str, now: float) -> None:
+        """Register this node (a new epoch), taking back its previous run's jobs."""
+        self.epoch = store.register(node, socket.gethostname(), self.runner.host.instance(), now)
+        log.info("node %s registered with epoch %d", node, self.epoch)
+
+    def take_back(self, now: float) -> int:
+        """Take back the jobs of nodes silent for ``SPOOLKIT_NODE_TIMEOUT``: their
+        claimed jobs return to the pool, their running attempts are recorded lost."""
+        store, node = self.store, self.runner.node
+        if node is None or not isinstance(store, SharedStore):
+            return 0
+        lost = store.take_back(self.config.node_timeout, now, exclude=node)
+        for job in lost:
+            why = (f"node {job.node} went silent for over {self.config.node_timeout:g} s "
+                   f"while attempt {job.attempts} ran there (pid {job.runner_pid})")  # fmt: skip
+            log.warning("job %s: %s; its attempt counts as lost", job.id, why)
+            self.runner.lost(job, why)
+        return len(lost)
+
     def stop_aborted(self, now: float) -> int:
         """Kill the runners of jobs whose abort was asked ``SPOOLKIT_ABORT_GRACE`` ago and
         that are still running; the killed attempt is then recorded ``cancelled``."""
         killed = 0
         for job in self.store.aborting(now - self.config.abort_grace):
+            if job.node != self.runner.node:
+                continue  # running on another node: its own housekeeper stops it
             if self.runner.host.kill(job.runner, job.runner_pid):
                 killed += 1
                 log.warning("job %s: abort asked %.0fs ago and still running; killed its "
@@ -166,19 +229,45 @@ class Housekeeper:
         """Queue a job for each periodic schedule's due slot, at most once per slot."""
         return self.periodic.fire_due(now) if self.periodic is not None else 0
 
+    def beat_forever(self) -> None:
+        """A node's heartbeat, from a thread of its own: a long pass never makes the
+        node look dead, and a frozen process (every thread stopped) does."""
+        while True:
+            try:
+                self.record_spoolers(time.time())
+            except StoreUnavailable as exc:
+                log.warning("node heartbeat not recorded: %s", exc)
+            except Exception:
+                log.exception("node heartbeat failed")
+            time.sleep(BEAT_INTERVAL)
+
+    def tick(self, now: float) -> None:
+        """What the housekeeper does every half second."""
+        self.runner.maintain(now)
+        self.stop_aborted(now)
+        if self.runner.node is not None:
+            self._capacity = self.runner.capacity()
+            self.take_back(now)
+        self.spool_due(now)
+        self.fire_due(now)
+        self.store.checkpoint()
+
     def run_forever(self) -> None:
         interval = self.config.housekeeping_interval
         log.info("housekeeper started: parked jobs every %.1fs, housekeeping every %.1fs",
                  SCHEDULER_TICK, interval)  # fmt: skip
+        if self.runner.node is not None:
+            threading.Thread(target=self.beat_forever, name="spoolkit-beat", daemon=True).start()
         next_pass, limit = 0.0, None  # the first pass, at start-up, looks at every job
+        next_tick = 0.0
         while True:
             now = time.time()
             try:
-                self.runner.maintain(now)
-                self.stop_aborted(now)
-                self.spool_due(now)
-                self.fire_due(now)
-                self.store.checkpoint()
+                if now >= next_tick:
+                    next_tick = now + SCHEDULER_TICK
+                    self.tick(now)
+                else:  # woken by a notification: a job may be claimable
+                    self.spool_due(now)
                 if now >= next_pass:
                     report = self.run_once(now, limit)
                     next_pass, limit = now + interval, PASS_LIMIT
@@ -186,5 +275,5 @@ class Housekeeper:
                         log.info("housekeeping: %s", report)
             except Exception:
                 log.exception("housekeeping failed; trying again in %.1fs", SCHEDULER_TICK)
-                next_pass = now + interval
-            time.sleep(SCHEDULER_TICK)
+                next_pass = max(next_pass, now + interval)
+            self.store.wait(max(0.0, next_tick - time.time()))

@@ -105,6 +105,10 @@ class Job:
     abort_requested: bool = False
     #: The slot a periodic schedule fired this job for (unix seconds), else ``None``.
     periodic_slot: float | None = None
+    #: Several hosts on one store: the node that claimed the job, and that node's epoch
+    #: when it did (its fencing token: every later write about the job must carry both).
+    node: str | None = None
+    node_epoch: int | None = None
     #: Jobs queued by this one's outcome (callbacks, webhook deliveries): ids.
     callbacks: tuple[str, ...] = ()
     history: tuple[Attempt, ...] = ()

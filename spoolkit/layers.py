@@ -12,6 +12,7 @@ missing from this table, and on ``uwsgi`` imported outside the runners.
        |
     runners   runner spooler dispatcher compat how jobs reach a process: uWSGI spoolers,
               spoolfile runtime local eager    threads, inline (the only code importing uwsgi);
+              webnode                          a web node that only records jobs (multi-host);
                                                uwsgidecorators and uwsgi-tasks under the kit
        |
     worker    worker followups                 run one delivery: claim, call, record, and
@@ -39,7 +40,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("store", frozenset({"store", "rows", "sqlite", "postgres"})),
     ("worker", frozenset({"worker", "followups"})),
     ("runners", frozenset({"runner", "spooler", "dispatcher", "spoolfile", "runtime", "local",
-                           "eager", "compat"})),
+                           "eager", "compat", "webnode"})),
     ("service", frozenset({"service", "housekeeping", "firing"})),
     ("surface", frozenset({"extension", "api", "openapi", "cli", "mule", "dashboard", "metrics",
                            "__init__"})),

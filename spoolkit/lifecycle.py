@@ -38,6 +38,7 @@ def decide_claim(
     instance: str,
     now: float,
     is_alive: Callable[[int], bool],
+    node: str | None = None,
 ) -> ClaimAction:
     """Decide what to do with ``delivery`` of ``job``.
 
@@ -45,11 +46,13 @@ def decide_claim(
     the marker of a local-mode delivery); the job's row must name it.
 
     ``instance`` identifies the running server instance (see runtime.py);
-    ``is_alive(pid)`` says whether a spooler of this instance is alive.
+    ``is_alive(pid)`` says whether a spooler of this instance is alive. ``node``:
+    the node this spooler belongs to when several hosts share the store; a job
+    another node claimed is not this spooler's to run.
     """
     if job is None:
         return ClaimAction.UNKNOWN
-    if job.spool_file is None or job.spool_file != delivery:
+    if job.spool_file is None or job.spool_file != delivery or job.node not in (None, node):
         return ClaimAction.DISCARD
     if job.state in FINISHED:
         return ClaimAction.DISCARD

@@ -87,6 +87,15 @@ class LocalRunner:
             self.workers,
         )
 
+    #: Runs the jobs of this process only: it claims nothing from other hosts.
+    node = None
+
+    def capacity(self) -> dict[str, int]:
+        return {}
+
+    def lost(self, job: Job, why: str) -> None:
+        hand_over(self, self.worker.lost(job, why).follow_ups)
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return LOCAL_PREFIX + self.host.instance()
 

@@ -36,7 +36,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -45,7 +45,7 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from . import stats
-from .errors import IdempotencyConflict, StoreUnavailable
+from .errors import IdempotencyConflict, NodeFenced, StoreUnavailable
 from .job import Attempt, Job, JobError, Progress
 from .lifecycle import ClaimAction, decide_claim
 from .rows import (
@@ -54,6 +54,7 @@ from .rows import (
     CLAIM,
     CLAIM_DECIDED,
     COLUMNS,
+    FENCE,
     FINISH,
     HISTORY_LIMIT,
     INSERT,
@@ -63,6 +64,7 @@ from .rows import (
     check_change,
     claim_params,
     ended_totals,
+    finish_params,
     new_row,
     row_to_job,
     settle,
@@ -75,7 +77,7 @@ log = logging.getLogger("spoolkit.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     id TEXT PRIMARY KEY,
@@ -109,7 +111,9 @@ CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     idempotency_key TEXT,
     idempotency_hash TEXT,
     periodic_slot DOUBLE PRECISION,
-    queue TEXT NOT NULL DEFAULT 'default'
+    queue TEXT NOT NULL DEFAULT 'default',
+    node TEXT,
+    node_epoch INTEGER
 );
 CREATE TABLE IF NOT EXISTS spoolkit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spoolkit_attempts (
@@ -134,7 +138,8 @@ CREATE TABLE IF NOT EXISTS spoolkit_nodes (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
     beat DOUBLE PRECISION NOT NULL,
-    figures TEXT NOT NULL
+    figures TEXT NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS spoolkit_stats (
     task TEXT NOT NULL,
@@ -153,6 +158,18 @@ CREATE UNIQUE INDEX IF NOT EXISTS spoolkit_jobs_key ON spoolkit_jobs (idempotenc
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_aborting ON spoolkit_jobs (abort_requested)
     WHERE abort_requested IS NOT NULL AND state = 'running';
 CREATE INDEX IF NOT EXISTS spoolkit_attempts_job ON spoolkit_attempts (job_id, seq);
+-- Stores created before several hosts could share them.
+ALTER TABLE spoolkit_jobs ADD COLUMN IF NOT EXISTS node TEXT;
+ALTER TABLE spoolkit_jobs ADD COLUMN IF NOT EXISTS node_epoch INTEGER;
+ALTER TABLE spoolkit_nodes ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAULT 0;
+-- What a node claims: unclaimed (no spool file) waiting jobs, per queue, by priority
+-- (lower first, none last), then by when they became due.
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_unclaimed ON spoolkit_jobs
+    (queue, (priority IS NULL), priority, (COALESCE(scheduled_for, created_at)))
+    WHERE spool_file IS NULL AND state IN ('queued', 'scheduled');
+-- What a node holds (claimed or running), for its count of idle spoolers and takeover.
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_node ON spoolkit_jobs (node, queue)
+    WHERE node IS NOT NULL AND state IN ('queued', 'scheduled', 'running');
 """
 #: Serialises schema set-up between processes and hosts starting at once.
 _SETUP_LOCK = zlib.crc32(b"spoolkit schema")
@@ -180,6 +197,10 @@ _FINISH = pg(FINISH)
 _TOTALS = pg(TOTALS)
 _ATTEMPT = pg(ATTEMPT)
 _ROW = f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = %s"
+#: The channel on which a job that became claimable is announced (see ``wait``).
+CHANNEL = "spoolkit"
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+_HELD = "state IN ('queued', 'scheduled', 'running')"
 
 
 def redact(dsn: str) -> str:
@@ -368,6 +389,147 @@ class PostgresStore(SQLStore):  # implements store.Store
         self._transact(lambda conn: conn.execute(
             pg(BEAT.format(clock=self.CLOCK)), (node, host, figures)), durable=False)  # fmt: skip
 
+    def wait(self, timeout: float) -> None:
+        """Wait for a notification on ``CHANNEL`` (a job parked, a spooler freed) for
+        up to ``timeout`` seconds, on a connection of its own that listens. A notice
+        sent while it was not connected is lost, which is why the housekeeper also
+        claims on every tick."""
+        deadline = time.monotonic() + timeout
+        try:
+            listener = self._listener()
+            for _ in listener.notifies(timeout=timeout, stop_after=1):
+                break
+            for _ in listener.notifies(timeout=0.001):  # what else came meanwhile
+                pass
+        except psycopg.Error as exc:
+            log.warning("job store: not listening for notifications: %s", _first_line(exc))
+            broken: psycopg.Connection[Any] | None = getattr(self._local, "listener", None)
+            if broken is not None:
+                broken.close()
+                self._local.listener = None
+            time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _listener(self) -> psycopg.Connection[Any]:
+        listener: psycopg.Connection[Any] | None = getattr(self._local, "listener", None)
+        if getattr(self._local, "listener_pid", None) != os.getpid() or listener is None \
+                or listener.closed or listener.broken:
+            listener = self._local.listener = self._connect()
+            self._local.listener_pid = os.getpid()
+            listener.execute(f"LISTEN {CHANNEL}")
+        return listener
+
+    # -- nodes -----------------------------------------------------------------------
+
+    def register(self, node: str, host: str, instance: str, now: float) -> int:
+        def work(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                "INSERT INTO spoolkit_nodes (id, host, beat, figures, epoch) "
+                f"VALUES (%s, %s, {self.CLOCK}, '{{}}', 1) ON CONFLICT (id) DO UPDATE SET "
+                "host = excluded.host, beat = excluded.beat, epoch = spoolkit_nodes.epoch + 1 "
+                "RETURNING epoch",
+                (node, host),
+            ).fetchone()
+            assert row is not None
+            back = conn.execute(
+                "UPDATE spoolkit_jobs SET spool_file = NULL, node = NULL, node_epoch = NULL, "
+                "updated_at = %s WHERE node = %s AND state IN ('queued', 'scheduled')",
+                (now, node),
+            ).rowcount
+            cut = [row_to_job(found) for found in conn.execute(
+                f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE node = %s AND state = 'running' "
+                "AND runner IS DISTINCT FROM %s FOR UPDATE", (node, instance),
+            ).fetchall()]  # fmt: skip
+            for job in cut:
+                self._remember(conn, job, now, "interrupted", None)
+                conn.execute(
+                    "UPDATE spoolkit_jobs SET state = 'queued', attempts = attempts - 1, "
+                    "runner = NULL, runner_pid = NULL, spool_file = NULL, node = NULL, "
+                    "node_epoch = NULL, updated_at = %s WHERE id = %s", (now, job.id),
+                )  # fmt: skip
+            if back or cut:
+                log.warning("node %s registered (epoch %d): took back %d claimed and %d "
+                            "interrupted jobs of its previous run", node, row[0], back,
+                            len(cut))  # fmt: skip
+                conn.execute(_NOTIFY)
+            return int(row[0])
+
+        return self._transact(work)
+
+    def claim_parked(
+        self,
+        node: str,
+        epoch: int,
+        capacity: Mapping[str, int],
+        until: float,
+        now: float,
+        deliver: Callable[[Job], str],
+    ) -> list[tuple[Job, str]]:
+        def work(conn: psycopg.Connection[Any]) -> list[tuple[Job, str]]:
+            # FOR SHARE: a takeover bumping this node's epoch waits for the claim, or
+            # the claim sees the new epoch.
+            current = conn.execute(
+                "SELECT epoch FROM spoolkit_nodes WHERE id = %s FOR SHARE", (node,)
+            ).fetchone()
+            if current is None or current[0] != epoch:
+                raise NodeFenced(f"node {node} epoch {epoch} is no longer current "
+                                 f"({current[0] if current else 'unregistered'})")  # fmt: skip
+            held = dict(conn.execute(
+                f"SELECT queue, COUNT(*) FROM spoolkit_jobs WHERE node = %s AND {_HELD} "
+                "GROUP BY queue", (node,)).fetchall())  # fmt: skip
+            claimed: list[tuple[Job, str]] = []
+            for queue, slots in capacity.items():
+                room = slots - held.get(queue, 0)
+                if room <= 0:
+                    continue
+                rows = conn.execute(
+                    f"SELECT {COLUMNS}, payload FROM spoolkit_jobs WHERE spool_file IS NULL "
+                    "AND state IN ('queued', 'scheduled') AND queue = %s "
+                    "AND COALESCE(scheduled_for, created_at) <= %s "
+                    "ORDER BY (priority IS NULL), priority, COALESCE(scheduled_for, created_at) "
+                    "LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (queue, until, room),
+                ).fetchall()
+                for row in rows:
+                    job = row_to_job(row[:-1])
+                    delivery = deliver(job)
+                    conn.execute(
+                        "UPDATE spoolkit_jobs SET spool_file = %s, node = %s, node_epoch = %s, "
+                        "updated_at = %s WHERE id = %s", (delivery, node, epoch, now, job.id),
+                    )  # fmt: skip
+                    mine = replace(job, spool_file=delivery, node=node, node_epoch=epoch,
+                                   updated_at=now)  # fmt: skip
+                    claimed.append((mine, row[-1]))
+            return claimed
+
+        return self._transact(work, durable=False)
+
+    def take_back(self, stale_after: float, now: float, exclude: str) -> list[Job]:
+        def work(conn: psycopg.Connection[Any]) -> list[Job]:
+            stale = [row[0] for row in conn.execute(
+                f"SELECT id FROM spoolkit_nodes WHERE {self.CLOCK} - beat > %s AND id <> %s "
+                f"AND EXISTS (SELECT 1 FROM spoolkit_jobs WHERE node = spoolkit_nodes.id "
+                f"AND {_HELD}) FOR UPDATE SKIP LOCKED", (stale_after, exclude),
+            ).fetchall()]  # fmt: skip
+            if not stale:
+                return []
+            conn.execute("UPDATE spoolkit_nodes SET epoch = epoch + 1 WHERE id = ANY(%s)",
+                         (stale,))  # fmt: skip
+            back = conn.execute(
+                "UPDATE spoolkit_jobs SET spool_file = NULL, node = NULL, node_epoch = NULL, "
+                "updated_at = %s WHERE node = ANY(%s) AND state IN ('queued', 'scheduled')",
+                (now, stale),
+            ).rowcount
+            running = [row_to_job(row) for row in conn.execute(
+                f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE node = ANY(%s) AND state = 'running'",
+                (stale,)).fetchall()]  # fmt: skip
+            log.warning("node(s) %s silent for over %.0fs: took back %d claimed jobs; %d "
+                        "running ones lost their attempt", ", ".join(stale), stale_after, back,
+                        len(running))  # fmt: skip
+            conn.execute(_NOTIFY)
+            return running
+
+        return self._transact(work)
+
     def set_meta(self, key: str, value: str) -> None:
         self._transact(lambda conn: conn.execute(
             "INSERT INTO spoolkit_meta (key, value) VALUES (%s, %s) "
@@ -382,7 +544,13 @@ class PostgresStore(SQLStore):  # implements store.Store
         values, recorded = new_row(new)
         key = new.idempotency_key
         if key is None:
-            self._transact(lambda conn: conn.execute(_INSERT, values))
+
+            def record(conn: psycopg.Connection[Any]) -> None:
+                conn.execute(_INSERT, values)
+                if new.spool_file is None:  # parked: tell the nodes' housekeepers
+                    conn.execute(_NOTIFY)
+
+            self._transact(record)
             return recorded
 
         def work(conn: psycopg.Connection[Any]) -> Job:
@@ -398,6 +566,8 @@ class PostgresStore(SQLStore):  # implements store.Store
                 values,
             ).fetchone()
             if inserted is not None:
+                if new.spool_file is None:
+                    conn.execute(_NOTIFY)
                 return recorded
             first = conn.execute(
                 "SELECT id, idempotency_hash FROM spoolkit_jobs WHERE idempotency_key = %s",
@@ -428,18 +598,19 @@ class PostgresStore(SQLStore):  # implements store.Store
         pid: int,
         now: float,
         is_alive: Callable[[int], bool],
+        node: str | None = None,
     ) -> tuple[ClaimAction, Job | None]:
         """As SQLiteStore.claim: one conditional ``UPDATE ... RETURNING`` in the common
         case, else the full decision on the locked row."""
 
         def work(conn: psycopg.Connection[Any]) -> tuple[ClaimAction, Job | None]:
             claimed = conn.execute(
-                _CLAIM, claim_params(job_id, delivery, instance, pid, now)
+                _CLAIM, claim_params(job_id, delivery, instance, pid, now, node)
             ).fetchone()
             if claimed is not None:
                 return ClaimAction.RUN, row_to_job(claimed)
             job = self._fetch(conn, job_id, lock=True)
-            action = decide_claim(job, delivery, instance, now, is_alive)
+            action = decide_claim(job, delivery, instance, now, is_alive, node)
             if action is ClaimAction.RERUN and job is not None:
                 self._remember(conn, job, now, "interrupted", None)
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
@@ -463,6 +634,8 @@ class PostgresStore(SQLStore):  # implements store.Store
         park: bool = False,
         outcome: str | None = None,
         follow_up: FollowUp | None = None,
+        node: str | None = None,
+        epoch: int | None = None,
     ) -> bool:
         """As SQLiteStore.finish, on the locked row."""
         error = None if error is None else JobError(
@@ -470,8 +643,8 @@ class PostgresStore(SQLStore):  # implements store.Store
 
         def work(conn: psycopg.Connection[Any]) -> bool:
             current = conn.execute(
-                _ROW + " AND state = %s AND runner_pid = %s FOR UPDATE",
-                (job_id, JobState.RUNNING.value, runner_pid),
+                _ROW + f" AND state = %s AND runner_pid = %s AND {pg(FENCE)} FOR UPDATE",
+                (job_id, JobState.RUNNING.value, runner_pid, node, epoch),
             ).fetchone()
             if current is None:
                 return False
@@ -479,15 +652,15 @@ class PostgresStore(SQLStore):  # implements store.Store
             state, finished, label, retry = settle(job, error, retry_at, outcome, now)
             conn.execute(
                 _FINISH,
-                (state.value, finished, now, result, retry,
-                 error.type if error else None, error.message if error else None,
-                 error.traceback if error else None, park and retry is not None, job_id),
-            )  # fmt: skip
+                finish_params(job_id, state, finished, now, result, retry, error, park),
+            )
             self._remember(conn, job, now, label, error, state if state.is_finished else None)
             if follow_up is not None and state.is_finished:
                 done = self._fetch(conn, job_id)
                 assert done is not None
                 self._record(conn, follow_up(done))
+            if job.node is not None:  # a spooler of its node is free: claim the next job
+                conn.execute(_NOTIFY)
             return True
 
         return self._transact(work, durable=False, patient=True)
@@ -521,10 +694,19 @@ class PostgresStore(SQLStore):  # implements store.Store
                 (job.id, job.id, HISTORY_LIMIT),
             )
 
-    def set_progress(self, job_id: str, progress: Progress, now: float) -> None:
+    def set_progress(
+        self,
+        job_id: str,
+        progress: Progress,
+        now: float,
+        node: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
         self._transact(lambda conn: conn.execute(
-            "UPDATE spoolkit_jobs SET progress = %s, updated_at = %s WHERE id = %s AND state = %s",
-            (_clean(json.dumps(progress.__dict__)), now, job_id, JobState.RUNNING.value),
+            "UPDATE spoolkit_jobs SET progress = %s, updated_at = %s WHERE id = %s AND state = %s "
+            f"AND {pg(FENCE)}",
+            (_clean(json.dumps(progress.__dict__)), now, job_id, JobState.RUNNING.value, node,
+             epoch),
         ), durable=False)  # fmt: skip
 
     def _change(
@@ -558,6 +740,8 @@ class PostgresStore(SQLStore):  # implements store.Store
         if requeue:
             sets += ", state = %s, runner = NULL, runner_pid = NULL"
             params.append(JobState.QUEUED.value)
+        if spool_file is None:
+            sets += ", node = NULL, node_epoch = NULL"  # parked: any node may claim it
         return self._transact(lambda conn: conn.execute(
             f"UPDATE spoolkit_jobs SET {sets} WHERE id = %s AND state = %s "
             "AND spool_file IS NOT DISTINCT FROM %s AND runner_pid IS NOT DISTINCT FROM %s",
@@ -608,6 +792,8 @@ class PostgresStore(SQLStore):  # implements store.Store
                 return False
             if job is not None:
                 conn.execute(_INSERT, new_row(job)[0])
+                if job.spool_file is None:
+                    conn.execute(_NOTIFY)
                 conn.execute(
                     "UPDATE spoolkit_jobs SET periodic_slot = %s WHERE id = %s", (slot, job.id)
                 )

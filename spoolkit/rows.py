@@ -27,7 +27,7 @@ COLUMNS = (
     "id, task, state, attempts, max_attempts, backoff, priority, created_at, scheduled_for, "
     "started_at, finished_at, updated_at, progress, result, error_type, error_message, "
     "error_traceback, spool_file, runner, runner_pid, origin, parent_id, on_success, "
-    "on_failure, callback_url, timeout, abort_requested, periodic_slot, queue"
+    "on_failure, callback_url, timeout, abort_requested, periodic_slot, queue, node, node_epoch"
 )
 
 INSERT = (
@@ -62,7 +62,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
      finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,
      runner_pid, origin, parent_id, on_success, on_failure, callback_url, timeout,
-     abort_requested, periodic_slot, queue) = row  # fmt: skip
+     abort_requested, periodic_slot, queue, node, node_epoch) = row  # fmt: skip
     return Job(
         id=id_,
         task=task,
@@ -91,6 +91,8 @@ def row_to_job(row: tuple[Any, ...]) -> Job:
         abort_requested=abort_requested is not None,
         periodic_slot=periodic_slot,
         queue=queue,
+        node=node,
+        node_epoch=node_epoch,
     )
 
 
@@ -129,19 +131,31 @@ def check_change(job: Job | None, job_id: str, allowed: frozenset[JobState], act
 
 
 #: The ``UPDATE`` of an attempt's outcome (``finish``): state, times, result, error,
-#: the retry's due time, and the spool file forgotten when the retry is parked.
+#: the retry's due time, and the spool file (and the claiming node) forgotten when the
+#: retry is parked: any node may claim it then.
 FINISH = (
     "UPDATE spoolkit_jobs SET state = ?, finished_at = ?, updated_at = ?, "
     "result = ?, scheduled_for = COALESCE(?, scheduled_for), error_type = ?, "
     "error_message = ?, error_traceback = ?, "
-    "spool_file = CASE WHEN ? THEN NULL ELSE spool_file END WHERE id = ?"
+    "spool_file = CASE WHEN ? THEN NULL ELSE spool_file END, "
+    "node = CASE WHEN ? THEN NULL ELSE node END, "
+    "node_epoch = CASE WHEN ? THEN NULL ELSE node_epoch END WHERE id = ?"
 )
+#: The fence every write about a running job carries (``claim``, ``set_progress``,
+#: ``finish``): the node that claimed it and its epoch then, both ``None`` on one host.
+#: A node that was frozen or cut off while another took its jobs back finds them
+#: changed and its write dropped.
+FENCE = "COALESCE(node, '') = COALESCE(?, '') AND COALESCE(node_epoch, -1) = COALESCE(?, -1)"
+#: The claim's condition on the node: a spooler takes only what its own node claimed,
+#: or a row no node claimed that names a file on its disk (a ``uwsgi.spool()`` job the
+#: kit adopted). On one host the parameter is ``None``: rows no node claimed.
+OWN_NODE = "(node IS NULL OR node = ?)"
 #: The fast claim: a waiting, due job named by this delivery, in one statement.
 CLAIM = (
     "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + 1, started_at = ?, "
     "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? "
     "WHERE id = ? AND spool_file = ? AND state IN (?, ?) "
-    f"AND (scheduled_for IS NULL OR scheduled_for <= ?) RETURNING {COLUMNS}"
+    f"AND (scheduled_for IS NULL OR scheduled_for <= ?) AND {OWN_NODE} RETURNING {COLUMNS}"
 )
 #: The claim's decided case (``RUN`` or ``RERUN``), on a row already read.
 CLAIM_DECIDED = (
@@ -164,9 +178,29 @@ ATTEMPT = (
 )
 
 
-def claim_params(job_id: str, delivery: str, instance: str, pid: int, now: float) -> list[Any]:
+def claim_params(
+    job_id: str, delivery: str, instance: str, pid: int, now: float, node: str | None
+) -> list[Any]:
     return [JobState.RUNNING.value, now, instance, pid, now, job_id, delivery,
-            JobState.QUEUED.value, JobState.SCHEDULED.value, now]  # fmt: skip
+            JobState.QUEUED.value, JobState.SCHEDULED.value, now, node]  # fmt: skip
+
+
+def finish_params(
+    job_id: str,
+    state: JobState,
+    finished: float | None,
+    now: float,
+    result: str | None,
+    retry: float | None,
+    error: JobError | None,
+    park: bool,
+) -> tuple[Any, ...]:
+    """What ``FINISH`` takes: ``park`` (a retry that waits in the store) forgets the
+    spool file and the node."""
+    parked = park and retry is not None
+    return (state.value, finished, now, result, retry, error.type if error else None,
+            error.message if error else None, error.traceback if error else None,
+            parked, parked, parked, job_id)  # fmt: skip
 
 
 def attempt_params(job: Job, now: float, outcome: str, error: JobError | None) -> tuple[Any, ...]:
@@ -319,17 +353,25 @@ class SQLStore:
                 entry["oldest_ready"] = since if oldest is None else min(oldest, since)
         return {queue: QueueCounts(**entry) for queue, entry in tally.items()}
 
-    def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
+    def unfinished(
+        self, after_id: str, limit: int, updated_before: float, node: str | None = None
+    ) -> list[Job]:
         """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``.
 
         Parked jobs (scheduled, no spool file yet) are left out: ``due_parked`` finds them.
+        With ``node`` (several hosts share the store): only the jobs that node claimed
+        and those no node did that have a delivery (a CLI's), never another node's,
+        and no unclaimed job (every node claims those).
         """
         finished_marks, finished = state_marks(FINISHED)
+        scope, scoped = "", []
+        if node is not None:
+            scope, scoped = "AND (node = ? OR node IS NULL) AND spool_file IS NOT NULL ", [node]
         rows = self._read(
             f"SELECT {COLUMNS} FROM spoolkit_jobs "
-            f"WHERE id > ? AND state NOT IN ({finished_marks}) AND updated_at < ? "
+            f"WHERE id > ? AND state NOT IN ({finished_marks}) AND updated_at < ? {scope}"
             "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT ?",
-            [after_id, *finished, updated_before, limit],
+            [after_id, *finished, updated_before, *scoped, limit],
         )
         return [row_to_job(row) for row in rows]
 

@@ -96,6 +96,23 @@ class Runner(Protocol):
         ``None`` when any queue name is accepted (runners without directories)."""
         ...
 
+    @property
+    def node(self) -> str | None:
+        """The node this runner claims jobs for, when several hosts share the store
+        (``SPOOLKIT_NODE``): every job is parked and nodes claim them. ``None`` on one
+        host: a job goes straight to a runner."""
+        ...
+
+    def capacity(self) -> dict[str, int]:
+        """How many jobs of each queue this node can run at once (its live spoolers):
+        what it claims up to. Empty where the runner claims nothing."""
+        ...
+
+    def lost(self, job: Job, why: str) -> None:
+        """Record that the attempt running ``job`` was lost with its node (see
+        ``Worker.lost``), and hand over what its outcome queued."""
+        ...
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         """Name the delivery of a new job (recorded in the row before ``submit``)."""
         ...

@@ -189,6 +189,14 @@ class SpoolerWaker:
                 os.kill(pid, signal.SIGUSR1)
 
 
+def declares_spooler() -> bool:
+    """Does uwsgi.ini give this instance a spool directory (its own or another's)?"""
+    server = uwsgi_module()
+    return server is not None and bool(
+        server.opt.get("spooler") or server.opt.get("spooler-external")
+    )
+
+
 def spooler_directory() -> str:
     """The ``spooler`` directory configured in uwsgi.ini (or, in an instance that only
     produces jobs for another one, its ``spooler-external``), absolute. With several

@@ -435,11 +435,11 @@ class JobService:
             report["nodes"] = self.nodes(now)
             me = socket.gethostname()
             others = sorted({node["host"] for node in report["nodes"] if node["host"] != me})
-            if others:
-                report["store"] = (
-                    f"shared with {', '.join(others)}: one host per store until multi-host "
-                    "mode exists (README, Limits)"
-                )
+            if others and self.runner.node is None:
+                # Spool files on this host's disk: only correct on one host (a store
+                # several hosts share has nodes that claim jobs instead).
+                report["store"] = (f"shared with {', '.join(others)}: one host per store "
+                                   "unless it is PostgreSQL (README, Several hosts)")
                 healthy = False
         except StoreUnavailable as exc:
             report["store"] = f"unavailable: {exc}"
@@ -448,6 +448,13 @@ class JobService:
         if queues is not None:
             report["queues"] = {name: {**figures, **runner_queues.get(name, {})}
                                 for name, figures in queues.items()}  # fmt: skip
+        if self.runner.node is not None:
+            # One node of several: it serves requests as long as it reaches the store
+            # (its spoolers and housekeeper show in the report and in /metrics; other
+            # nodes take its jobs back if it goes silent).
+            report["node"] = {"id": self.runner.node, "role": self.runner.name}
+            report["status"] = "ok" if healthy else "unhealthy"
+            return healthy, report
         healthy = healthy and runner_ok
         if self.runner.housekept and healthy:
             age = self.housekeeper_age(time.time())

@@ -31,7 +31,7 @@ from .registry import TaskRegistry
 from .runner import Deferred, Handoff, hand_over
 from .schedule import Parking, spool_mtime
 from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
-from .store import Store
+from .store import SharedStore, Store
 from .worker import Verdict, Worker
 
 log = logging.getLogger("spoolkit.spooler")
@@ -89,7 +89,10 @@ class SpoolerRunner:
             "priority needs 'spooler-ordered = true' in uwsgi.ini: without it uWSGI "
             "never looks into the priority directories"
         )  # fmt: skip
-        self.parking = Parking(config.spool_ahead)
+        #: Several hosts share the store: every job is parked and this node's
+        #: housekeeper claims them for its idle spoolers (see ``store.SharedStore``).
+        self.node = config.node if isinstance(store, SharedStore) else None
+        self.parking = Parking(config.spool_ahead, everything=self.node is not None)
         self.host = runtime.UwsgiHost()
         self.nice = config.spooler_nice
         #: How long a staged file waits for its row (see ``stage``), in seconds.
@@ -97,9 +100,10 @@ class SpoolerRunner:
         self.retention = config.result_ttl
         self.purge_interval = config.housekeeping_interval
         self._next_purge = 0.0
-        follow_ups = FollowUps(registry, config, self.delivery_for)
+        # Callbacks and webhook deliveries: parked too where nodes claim jobs.
+        follow_ups = FollowUps(registry, config, self._follow_up_delivery)
         self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking,
-                                        follow_ups)  # fmt: skip
+                                        follow_ups, self.node)  # fmt: skip
         self._reniced_pid: int | None = None
         self.compat = Compat(app, config, store, registry, self.directories)
         self.store = store
@@ -145,6 +149,9 @@ class SpoolerRunner:
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return self.directory.relative_name(spool_file_name(job_id, now), priority)
 
+    def _follow_up_delivery(self, job_id: str, priority: int | None, now: float) -> str | None:
+        return None if self.parking.parks(None, now) else self.delivery_for(job_id, priority, now)
+
     def stage(
         self,
         job_id: str,
@@ -181,6 +188,16 @@ class SpoolerRunner:
 
     def hand_off_only(self) -> None:
         """Nothing to change: this process only writes spool files; spoolers run them."""
+
+    def capacity(self) -> dict[str, int]:
+        """Each queue's live spoolers (none for a producer-only instance)."""
+        if not runtime.uwsgi_option("spooler"):
+            return {}
+        _, report = self.health()
+        return {queue: entry["spoolers_alive"] for queue, entry in report["queues"].items()}
+
+    def lost(self, job: Job, why: str) -> None:
+        hand_over(self, self.worker.lost(job, why).follow_ups)
 
     def release(self, job: Job) -> None:
         """Make a cancelled job's file due now, so a spooler drops it at its next scan."""

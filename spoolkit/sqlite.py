@@ -34,6 +34,7 @@ from .rows import (
     CLAIM,
     CLAIM_DECIDED,
     COLUMNS,
+    FENCE,
     FINISH,
     HISTORY_LIMIT,
     INSERT,
@@ -43,6 +44,7 @@ from .rows import (
     check_change,
     claim_params,
     ended_totals,
+    finish_params,
     new_row,
     row_to_job,
     settle,
@@ -54,7 +56,7 @@ from .store import FollowUp, NewJob
 log = logging.getLogger("spoolkit.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _TABLES = """
 CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     id TEXT PRIMARY KEY,
@@ -123,6 +125,8 @@ _ADDED_COLUMNS = {
     "idempotency_hash": "TEXT",
     "periodic_slot": "REAL",
     "queue": "TEXT NOT NULL DEFAULT 'default'",
+    "node": "TEXT",
+    "node_epoch": "INTEGER",
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
@@ -421,6 +425,10 @@ class SQLiteStore(SQLStore):  # implements store.Store
             lambda: self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         )
 
+    def wait(self, timeout: float) -> None:
+        """Sleep: nothing announces a job here (one host, spool files wake spoolers)."""
+        time.sleep(timeout)
+
     def beat(self, node: str, host: str, figures: str, now: float) -> None:
         self._statement(BEAT.format(clock="?"), (node, host, now, figures))
 
@@ -482,6 +490,7 @@ class SQLiteStore(SQLStore):  # implements store.Store
         pid: int,
         now: float,
         is_alive: Callable[[int], bool],
+        node: str | None = None,
     ) -> tuple[ClaimAction, Job | None]:
         """Decide (see lifecycle.py) and, for RUN and RERUN, mark the job running by us.
 
@@ -493,13 +502,13 @@ class SQLiteStore(SQLStore):  # implements store.Store
         transaction.
         """
         claimed = self._statement(
-            CLAIM, claim_params(job_id, delivery, instance, pid, now)
+            CLAIM, claim_params(job_id, delivery, instance, pid, now, node)
         ).fetchone()
         if claimed is not None:
             return ClaimAction.RUN, row_to_job(claimed)
         with self._write() as conn:
             job = self._fetch(conn, job_id)
-            action = decide_claim(job, delivery, instance, now, is_alive)
+            action = decide_claim(job, delivery, instance, now, is_alive, node)
             if action is ClaimAction.RERUN and job is not None:
                 _remember(conn, job, now, "interrupted", None)
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
@@ -521,6 +530,8 @@ class SQLiteStore(SQLStore):  # implements store.Store
         park: bool = False,
         outcome: str | None = None,
         follow_up: FollowUp | None = None,
+        node: str | None = None,
+        epoch: int | None = None,
     ) -> bool:
         """Record how an attempt ended: succeeded (no error), retry later, or failed; or
         ``cancelled`` whatever it was, when an abort was requested meanwhile.
@@ -538,8 +549,8 @@ class SQLiteStore(SQLStore):  # implements store.Store
         def work(conn: sqlite3.Connection) -> bool:
             current = conn.execute(
                 f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = ? AND state = ? "
-                "AND runner_pid = ?",
-                (job_id, JobState.RUNNING.value, runner_pid),
+                f"AND runner_pid = ? AND {FENCE}",
+                (job_id, JobState.RUNNING.value, runner_pid, node, epoch),
             ).fetchone()
             if current is None:
                 return False
@@ -547,10 +558,8 @@ class SQLiteStore(SQLStore):  # implements store.Store
             state, finished, label, retry = settle(job, error, retry_at, outcome, now)
             conn.execute(
                 FINISH,
-                (state.value, finished, now, result, retry,
-                 error.type if error else None, error.message if error else None,
-                 error.traceback if error else None, park and retry is not None, job_id),
-            )  # fmt: skip
+                finish_params(job_id, state, finished, now, result, retry, error, park),
+            )
             _remember(conn, job, now, label, error, state if state.is_finished else None)
             if follow_up is not None and state.is_finished:
                 done = self._fetch(conn, job_id)
@@ -560,10 +569,18 @@ class SQLiteStore(SQLStore):  # implements store.Store
 
         return self._transact(work, patient=True)
 
-    def set_progress(self, job_id: str, progress: Progress, now: float) -> None:
+    def set_progress(
+        self,
+        job_id: str,
+        progress: Progress,
+        now: float,
+        node: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
         self._statement(
-            "UPDATE spoolkit_jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = ?",
-            (json.dumps(progress.__dict__), now, job_id, JobState.RUNNING.value),
+            "UPDATE spoolkit_jobs SET progress = ?, updated_at = ? WHERE id = ? AND state = ? "
+            f"AND {FENCE}",
+            (json.dumps(progress.__dict__), now, job_id, JobState.RUNNING.value, node, epoch),
         )
 
     def _change(
@@ -603,6 +620,8 @@ class SQLiteStore(SQLStore):  # implements store.Store
         if requeue:
             sets += ", state = ?, runner = NULL, runner_pid = NULL"
             params.append(JobState.QUEUED.value)
+        if spool_file is None:
+            sets += ", node = NULL, node_epoch = NULL"  # parked: any node may claim it
         with self._write() as conn:
             cursor = conn.execute(
                 f"UPDATE spoolkit_jobs SET {sets} WHERE id = ? AND state = ? "

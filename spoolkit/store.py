@@ -10,9 +10,9 @@ two processes racing on one job cannot both win.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .job import Job, JobError, Progress
 from .lifecycle import ClaimAction
@@ -152,8 +152,11 @@ class Store(Protocol):
         """Ready, scheduled and running jobs per queue (queues without any left out)."""
         ...
 
-    def unfinished(self, after_id: str, limit: int, updated_before: float) -> list[Job]:
-        """Unfinished, unparked jobs untouched since ``updated_before``, in id order."""
+    def unfinished(
+        self, after_id: str, limit: int, updated_before: float, node: str | None = None
+    ) -> list[Job]:
+        """Unfinished, unparked jobs untouched since ``updated_before``, in id order;
+        with ``node``, only that node's and those no node claimed."""
         ...
 
     def due_parked(self, until: float, limit: int) -> list[Job]:
@@ -175,6 +178,10 @@ class Store(Protocol):
     def checkpoint(self) -> None:
         """Maintenance the housekeeper does off the hot path (SQLite: the WAL)."""
 
+    def wait(self, timeout: float) -> None:
+        """Return after ``timeout`` seconds, or sooner when another process may have
+        made a job claimable (PostgreSQL: a notification); the housekeeper's pause."""
+
     def close(self) -> None:
         """Close the connections this process holds; the next call opens new ones."""
 
@@ -194,8 +201,11 @@ class Store(Protocol):
         pid: int,
         now: float,
         is_alive: Callable[[int], bool],
+        node: str | None = None,
     ) -> tuple[ClaimAction, Job | None]:
-        """Decide (``lifecycle.decide_claim``) and, for RUN and RERUN, mark it running by us."""
+        """Decide (``lifecycle.decide_claim``) and, for RUN and RERUN, mark it running by us.
+        ``node``: this spooler's node, when several hosts share the store (it runs only
+        what its node claimed)."""
         ...
 
     def finish(
@@ -210,15 +220,26 @@ class Store(Protocol):
         park: bool = False,
         outcome: str | None = None,
         follow_up: FollowUp | None = None,
+        node: str | None = None,
+        epoch: int | None = None,
     ) -> bool:
         """Record an attempt's outcome (``cancelled`` if an abort was requested) and its
         line in the history; a final one records ``follow_up``'s jobs in the same
-        transaction. ``False`` if another runner owns the job now. Waits while the
-        store is unavailable: an outcome is never dropped.
+        transaction. ``False`` if another runner owns the job now, or its row no longer
+        carries ``node`` and ``epoch`` (the claim's fence, see ``rows.FENCE``). Waits
+        while the store is unavailable: an outcome is never dropped.
         """
         ...
 
-    def set_progress(self, job_id: str, progress: Progress, now: float) -> None: ...
+    def set_progress(
+        self,
+        job_id: str,
+        progress: Progress,
+        now: float,
+        node: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        """Record a running job's progress, fenced as ``finish`` is."""
     def cancel(self, job_id: str, now: float, follow_up: FollowUp | None = None) -> Job:
         """Cancel a waiting job (``InvalidJobState`` otherwise), durably, with
         ``follow_up``'s jobs."""
@@ -262,4 +283,48 @@ class Store(Protocol):
         none), recording ``job`` (with ``periodic_slot`` = ``slot``) in the same durable
         transaction; ``job=None`` records a skipped slot, or a first sight. ``False``
         (nothing recorded) if the slot was decided already: a slot fires at most once."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store several hosts use at once (PostgreSQL): each node claims jobs from it.
+
+    A node is one uWSGI instance (``SPOOLKIT_NODE``). Its housekeeper registers it
+    (a new epoch), keeps its heartbeat, claims jobs for its idle spoolers and takes
+    back the jobs of nodes whose heartbeat went stale. Every claim carries the
+    node and its epoch into the row, and every later write about the job must
+    match them (``rows.FENCE``): a node that was frozen or cut off cannot
+    overwrite what another did after taking its jobs back.
+    """
+
+    def register(self, node: str, host: str, instance: str, now: float) -> int:
+        """A node (re)starts: a new epoch for it, and its jobs back at once, counting
+        no attempt: claimed ones go back to the pool; running ones whose runner is
+        not ``instance`` (its previous run, stopped by a restart) are queued again
+        with an ``interrupted`` line. Its new epoch."""
+        ...
+
+    def claim_parked(
+        self,
+        node: str,
+        epoch: int,
+        capacity: Mapping[str, int],
+        until: float,
+        now: float,
+        deliver: Callable[[Job], str],
+    ) -> list[tuple[Job, str]]:
+        """Claim for ``node`` unclaimed jobs due by ``until``: per queue, as many as
+        ``capacity`` says minus those the node holds there already (claimed or
+        running); lowest priority number first (none last), then soonest due; rows
+        another node is claiming are skipped. Each gets ``deliver(job)`` as its spool
+        file. The jobs with their payloads; ``NodeFenced`` if ``epoch`` is no longer
+        the node's."""
+        ...
+
+    def take_back(self, stale_after: float, now: float, exclude: str) -> list[Job]:
+        """For every node but ``exclude`` whose heartbeat is older than ``stale_after``
+        seconds (by the store's clock) and that holds jobs: a new epoch (its late
+        writes are fenced), its claimed jobs back in the pool (no attempt), and its
+        running jobs returned for the caller to record their attempt as lost."""
         ...

@@ -142,11 +142,12 @@ class Worker:
         host: Host,
         parking: Parking | None = None,
         follow_ups: FollowUps | None = None,
+        node: str | None = None,
     ) -> Worker:
         """A worker with the limits the kit's settings give."""
         return cls(app, store, registry, host, parking=parking, max_backoff=config.max_backoff,
                    max_result_bytes=config.max_result_bytes, follow_ups=follow_ups,
-                   timeout_grace=config.timeout_grace)  # fmt: skip
+                   timeout_grace=config.timeout_grace, node=node)  # fmt: skip
 
     def __init__(
         self,
@@ -160,8 +161,12 @@ class Worker:
         max_result_bytes: int | None = None,
         follow_ups: FollowUps | None = None,
         timeout_grace: float = 5.0,
+        node: str | None = None,
     ) -> None:
         self.app = app
+        #: The node this worker's runner claims jobs for (several hosts on one store):
+        #: it runs only jobs that node claimed. ``None`` on one host.
+        self.node = node
         self.follow_ups = follow_ups
         self.timeout_grace = timeout_grace
         self.store = store
@@ -183,7 +188,7 @@ class Worker:
         to the spool directory, or the marker of a local runner."""
         now = time.time()
         action, job = self.store.claim(
-            job_id, delivery, self.host.instance(), os.getpid(), now, self.host.is_alive
+            job_id, delivery, self.host.instance(), os.getpid(), now, self.host.is_alive, self.node
         )
         if action is ClaimAction.UNKNOWN or job is None:
             return Step(Verdict.QUARANTINE, reason=f"no job {job_id} in the store")
@@ -220,7 +225,7 @@ class Worker:
 
     def _run(self, job: Job, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any]) -> Step:
         context = JobContext(
-            job.id, job.task, job.attempts, job.max_attempts, self._reporter(job.id),
+            job.id, job.task, job.attempts, job.max_attempts, self._reporter(job),
             lambda: self.store.abort_requested(job.id),
         )  # fmt: skip
         log.info(
@@ -287,7 +292,8 @@ class Worker:
         collect = self.follow_ups.collect() if self.follow_ups else None
         recorded = self.store.finish(
             job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park,
-            outcome=_outcome(error, retry_at), follow_up=collect,
+            outcome=_outcome(error, retry_at), follow_up=collect, node=job.node,
+            epoch=job.node_epoch,
         )  # fmt: skip
         if not recorded:
             log.warning("job %s was taken over by another runner; dropping this delivery", job.id)
@@ -317,6 +323,14 @@ class Worker:
         )
         return Step(Verdict.DONE)
 
+    def lost(self, job: Job, why: str) -> Step:
+        """Record that the attempt running ``job`` was lost with its node (another node's
+        housekeeper found that node's heartbeat stale): counted as ``WorkerLost``, then
+        retried or failed as its budget says. Fenced like any outcome: if the node came
+        back and recorded one first, this records nothing."""
+        return self._record(job, time.time(), error=JobError("WorkerLost", why),
+                            runner_pid=job.runner_pid)  # fmt: skip
+
     def _lost_error(self, job: Job, now: float) -> JobError:
         elapsed = now - (job.started_at or now)
         if job.timeout and elapsed >= job.timeout:
@@ -338,9 +352,9 @@ class Worker:
             f"after {elapsed:.1f} s: killed by a signal, out of memory, or exited",
         )
 
-    def _reporter(self, job_id: str) -> Callable[[Progress], None]:
+    def _reporter(self, job: Job) -> Callable[[Progress], None]:
         def report(progress: Progress) -> None:
-            self.store.set_progress(job_id, progress, time.time())
+            self.store.set_progress(job.id, progress, time.time(), job.node, job.node_epoch)
 
         return report
 

@@ -32,6 +32,7 @@ from spoolkit.housekeeping import Housekeeper
 from spoolkit.recurrence import PeriodicSchedule, Schedules, next_run, plan
 from spoolkit.registry import TaskRegistry, default_registry
 from spoolkit.runner import Deferred
+from spoolkit.schedule import Parking
 from spoolkit.sqlite import SQLiteStore
 from spoolkit.store import NewJob, Store
 
@@ -61,6 +62,7 @@ class FakeRunner:
     name = "fake"
     housekept = True
     queues = None  # any queue
+    parking = Parking()
 
     def __init__(self) -> None:
         self.handed: list[str] = []
@@ -443,12 +445,13 @@ from spoolkit.firing import PeriodicJobs
 from spoolkit.recurrence import PeriodicSchedule
 from spoolkit.registry import TaskRegistry
 from spoolkit.runner import Deferred
+from spoolkit.schedule import Parking
 from spoolkit.sqlite import SQLiteStore
 import tests.jobs
 from spoolkit.registry import default_registry
 
 class Runner:
-    name, housekept, queues = "fake", True, None
+    name, housekept, queues, parking = "fake", True, None, Parking()
     def delivery_for(self, job_id, *rest, **options): return "file-" + job_id
     def stage(self, *rest, **options): return Deferred()
 
