@@ -211,7 +211,9 @@ def spooler_directory() -> str:
         raise ConfigurationError(
             "uWSGI runs without a spooler: add 'spooler = <directory>' and "
             "'spooler-processes = N' to uwsgi.ini, or 'spooler-external = <directory>' "
-            "to queue jobs for another instance's spoolers (or set SPOOLKIT_EAGER=1)"
+            "to queue jobs for another instance's spoolers (or set SPOOLKIT_EAGER=1). "
+            "A web node without spoolers (uwsgi.ini:web) needs a store several hosts "
+            "share: SPOOLKIT_DATABASE=postgresql://..."
         )
     path = value.decode() if isinstance(value, bytes) else str(value)
     return os.path.abspath(path)

@@ -76,11 +76,18 @@ class UwsgiServer:
     production overlay, reached through its uwsgi-protocol unix socket."""
 
     def __init__(
-        self, base: Path, ini: Path | None = None, extra_args: tuple[str, ...] = (), **env: str
+        self,
+        base: Path,
+        ini: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+        section: str | None = None,
+        **env: str,
     ) -> None:
         self.base = base
         self.extra_args = extra_args
         self.ini = ini or REPO / "uwsgi.ini"
+        #: A section of the ini to start instead of [uwsgi] ("web": a web node).
+        self.section = section
         self.socket_path = base / "uwsgi.sock" if ini is not None else None
         self.port = free_port()
         # The production overlay gets a unix stats socket, like in production.
@@ -132,7 +139,8 @@ class UwsgiServer:
         log.write(f"\n===== start {self.generation} =====\n".encode())
         log.flush()
         self.process = subprocess.Popen(
-            [str(UWSGI), "--ini", str(self.ini), *self.extra_args],
+            [str(UWSGI), "--ini", f"{self.ini}:{self.section}" if self.section else str(self.ini),
+             *self.extra_args],
             cwd=str(REPO),
             env=self.env(),
             stdout=log,
