@@ -24,7 +24,7 @@ from .job import new_job_id
 from .queues import DEFAULT_QUEUE, check_configured
 from .recurrence import CATCH_UP_LIMIT, PeriodicSchedule, Plan, next_run, plan
 from .registry import TaskRegistry
-from .runner import Runner, hand_over
+from .runner import Runner, delivery_of, hand_over
 from .schedule import isoformat
 from .store import NewJob, SlotRecord, Store
 from .task import Call
@@ -147,8 +147,8 @@ class PeriodicJobs:
         return NewJob(
             id=job_id, task=call.task, payload=call.payload,
             max_attempts=call.policy.max_attempts, backoff=call.policy.backoff, priority=None,
-            created_at=now, run_at=None, spool_file=None if self.runner.parking.parks(None, now)
-            else self.runner.delivery_for(job_id, None, now),
+            created_at=now, run_at=None,
+            spool_file=delivery_of(self.runner, job_id, None, None, now),
             origin=call.origin, on_success=call.on_success, on_failure=call.on_failure,
             timeout=call.timeout, queue=call.queue or DEFAULT_QUEUE,
         )  # fmt: skip

@@ -70,7 +70,7 @@ from .rows import (
     settle,
     state_marks,
 )
-from .states import FINISHED, JobState
+from .states import FINISHED, WAITING, JobState
 from .store import FollowUp, NewJob
 
 log = logging.getLogger("spoolkit.store")
@@ -725,6 +725,8 @@ class PostgresStore(SQLStore):  # implements store.Store
             conn.execute(f"UPDATE spoolkit_jobs SET {pg(sets)} WHERE id = %s", [*params, job_id])
             changed = self._fetch(conn, job_id)
             assert changed is not None
+            if changed.state in WAITING and changed.spool_file is None:
+                conn.execute(_NOTIFY)  # queued again, parked: nodes may claim it
             if changed.state.is_finished:
                 self._add_totals(conn, [(changed.task, name, value) for name, value
                                         in stats.finished_series(changed.state.value)])

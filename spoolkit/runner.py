@@ -51,6 +51,16 @@ class Deferred:
         """Nothing was handed over yet."""
 
 
+def delivery_of(
+    runner: Runner, job_id: str, priority: int | None, run_at: float | None, now: float
+) -> str | None:
+    """The delivery a new job due at ``run_at`` gets from ``runner``: ``None`` when the
+    runner parks it (it waits in the store until the housekeeper spools or claims it)."""
+    if runner.parking.parks(run_at, now):
+        return None
+    return runner.delivery_for(job_id, priority, now)
+
+
 def hand_over(runner: Runner, jobs: Sequence[NewJob]) -> None:
     """Hand jobs whose rows are already recorded (callbacks, webhook deliveries) to the
     runner; a crash before it leaves rows the housekeeper spools."""

@@ -34,7 +34,7 @@ from .job import Job, new_job_id
 from .queues import DEFAULT_QUEUE, check_configured, validate_queue
 from .registry import TaskRegistry
 from .retry import RetryPolicy
-from .runner import Runner, hand_over
+from .runner import Runner, delivery_of, hand_over
 from .schedule import resolve_run_at, validate_priority
 from .states import FINISHED, JobState
 from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
@@ -92,7 +92,8 @@ class JobService:
         self.registry = registry
         self.store = store
         self.runner = runner
-        self.follow_ups = FollowUps(registry, config, runner.delivery_for)
+        self.follow_ups = FollowUps(registry, config, lambda job_id, priority, now: delivery_of(
+            runner, job_id, priority, None, now))  # fmt: skip
         #: The periodic schedules, checked now: ConfigurationError stops the start-up.
         self.periodic = PeriodicJobs(registry, store, runner)
 
@@ -132,11 +133,7 @@ class JobService:
         if max_attempts is not None:
             policy = RetryPolicy(max_attempts=max_attempts, backoff=policy.backoff)  # type: ignore[arg-type]
         job_id = new_job_id()
-        delivery = (
-            None
-            if self.runner.parking.parks(run_at, now)
-            else self.runner.delivery_for(job_id, checked_priority, now)
-        )
+        delivery = delivery_of(self.runner, job_id, checked_priority, run_at, now)
         # The spool file first, not yet due: a full disk refuses the job before
         # anything is recorded, and nothing runs before the row exists.
         handoff = self.runner.stage(
@@ -267,7 +264,7 @@ class JobService:
         """
         now = time.time()
         current = self.get(job_id)
-        delivery = self.runner.delivery_for(job_id, current.priority, now)
+        delivery = delivery_of(self.runner, job_id, current.priority, None, now)
         handoff = self.runner.stage(
             job_id, current.task, delivery, self.store.payload(job_id), None, current.priority,
             queue=current.queue,

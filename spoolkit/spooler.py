@@ -28,7 +28,7 @@ from .job import Job
 from .local import is_local_delivery, local_delivery_alive
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over
+from .runner import Deferred, Handoff, delivery_of, hand_over
 from .schedule import Parking, spool_mtime
 from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
 from .store import SharedStore, Store
@@ -101,7 +101,8 @@ class SpoolerRunner:
         self.purge_interval = config.housekeeping_interval
         self._next_purge = 0.0
         # Callbacks and webhook deliveries: parked too where nodes claim jobs.
-        follow_ups = FollowUps(registry, config, self._follow_up_delivery)
+        follow_ups = FollowUps(registry, config, lambda job_id, priority, now: delivery_of(
+            self, job_id, priority, None, now))  # fmt: skip
         self.worker = Worker.for_config(app, config, store, registry, self.host, self.parking,
                                         follow_ups, self.node)  # fmt: skip
         self._reniced_pid: int | None = None
@@ -148,9 +149,6 @@ class SpoolerRunner:
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return self.directory.relative_name(spool_file_name(job_id, now), priority)
-
-    def _follow_up_delivery(self, job_id: str, priority: int | None, now: float) -> str | None:
-        return None if self.parking.parks(None, now) else self.delivery_for(job_id, priority, now)
 
     def stage(
         self,
