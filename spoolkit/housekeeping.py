@@ -46,7 +46,7 @@ from .firing import PeriodicJobs
 from .job import Job
 from .runner import Runner
 from .states import WAITING, JobState
-from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, SharedStore, Store
+from .store import HOUSEKEEPER_BEAT, SharedStore, Store
 
 log = logging.getLogger("spoolkit.housekeeping")
 
@@ -214,14 +214,11 @@ class Housekeeper:
         return killed
 
     def record_spoolers(self, now: float) -> None:
-        """Record this node's beat with its spoolers alive (per queue too), and the
-        spoolers per queue where a process outside uWSGI (the CLI) reads them."""
+        """Record this node's beat with its spoolers alive (per queue too): what
+        ``/healthz``, ``/metrics`` and a process outside uWSGI (the CLI) read."""
         _, health = self.runner.health()
         queues = health.get("queues") or {}
         seen = {name: entry["spoolers_alive"] for name, entry in queues.items()}
-        if seen:
-            self.store.set_meta(SPOOLERS_SEEN, json.dumps(
-                {"at": now, "queues": seen, "spoolers": health.get("spoolers")}))  # fmt: skip
         figures = {"spoolers": health.get("spoolers"), "queues": seen}
         self.store.beat(self.config.node, socket.gethostname(), json.dumps(figures), now)
 

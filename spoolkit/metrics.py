@@ -78,6 +78,23 @@ class StoreCollector(Collector):
             if count is not None:  # unknown: left out rather than reported as 0
                 spoolers.add_metric([state], count)
         yield spoolers
+        beat = GaugeMetricFamily(
+            "spoolkit_node_last_beat_age_seconds",
+            "Seconds since each live node's heartbeat, by the store's clock.",
+            labels=["node"],
+        )
+        alive = GaugeMetricFamily(
+            "spoolkit_node_spoolers", "Each live node's spoolers alive, and configured.",
+            labels=["node", "state"],
+        )  # fmt: skip
+        for node in overview["nodes"]:
+            beat.add_metric([node["id"]], node["last_beat_age"])
+            for state in ("alive", "configured"):
+                count = (node["spoolers"] or {}).get(state)
+                if count is not None:
+                    alive.add_metric([node["id"], state], count)
+        yield beat
+        yield alive
         housekeeper = overview["housekeeper"]
         if housekeeper is not None and housekeeper["last_run_age"] is not None:
             yield GaugeMetricFamily(

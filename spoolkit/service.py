@@ -37,7 +37,7 @@ from .retry import RetryPolicy
 from .runner import Runner, delivery_of, hand_over
 from .schedule import resolve_run_at, validate_priority
 from .states import FINISHED, JobState
-from .store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob, QueueCounts, Store
+from .store import HOUSEKEEPER_BEAT, NewJob, QueueCounts, Store
 from .task import EXTENSION_KEY, Call
 
 log = logging.getLogger("spoolkit")
@@ -313,13 +313,19 @@ class JobService:
         return {str(queue): int(count) for queue, count in seen["queues"].items()}
 
     def _spoolers_seen(self, now: float) -> dict[str, Any] | None:
-        recorded = self.store.get_meta(SPOOLERS_SEEN)
-        if not recorded:
+        """The spoolers of every live node as their housekeepers last recorded them,
+        summed (per queue too): what a process outside uWSGI (the CLI) can know."""
+        nodes = self.nodes(now)
+        if not nodes:
             return None
-        seen: dict[str, Any] = json.loads(recorded)
-        if now - float(seen["at"]) > self._late_after:
-            return None
-        return seen
+        queues: dict[str, int] = {}
+        counted = {"alive": 0, "configured": 0}
+        for node in nodes:
+            for queue, count in (node["queues"] or {}).items():
+                queues[queue] = queues.get(queue, 0) + int(count)
+            for state in counted:
+                counted[state] += int((node["spoolers"] or {}).get(state) or 0)
+        return {"queues": queues, "spoolers": counted}
 
     @property
     def _late_after(self) -> float:
@@ -381,6 +387,7 @@ class JobService:
             "states": states,
             "queues": queues,
             "spoolers": self.spoolers(now, runner_report),
+            "nodes": self.nodes(now),
             "finished": {
                 "5m": self.store.finished_since(now - 300),
                 "60m": self.store.finished_since(now - 3600),

@@ -21,9 +21,6 @@ from .states import FINISHED, JobState
 
 #: ``set_meta`` key: when the housekeeper last finished a pass (unix seconds).
 HOUSEKEEPER_BEAT = "housekeeper"
-#: ``set_meta`` key: the spoolers alive per queue the housekeeper last saw (JSON,
-#: ``{"at": unix seconds, "queues": {name: count}}``), for the CLI outside uWSGI.
-SPOOLERS_SEEN = "spoolers"
 
 
 @dataclass(frozen=True)

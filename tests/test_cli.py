@@ -26,7 +26,7 @@ from spoolkit.registry import default_registry
 from spoolkit.service import JobService
 from spoolkit.sqlite import SQLiteStore
 from spoolkit.states import JobState
-from spoolkit.store import HOUSEKEEPER_BEAT, SPOOLERS_SEEN, NewJob
+from spoolkit.store import HOUSEKEEPER_BEAT, NewJob
 
 from .standin import insert_job
 from .support import REPO, UwsgiServer, make_app
@@ -283,8 +283,8 @@ def test_stats_shows_states_queues_finished_and_what_the_housekeeper_recorded(
     assert before["housekeeper"] is None
     # What a server's housekeeper on the same store records each pass.
     store.set_meta(HOUSEKEEPER_BEAT, str(now - 2))
-    store.set_meta(SPOOLERS_SEEN, json.dumps({"at": now - 2, "queues": {"default": 2, "slow": 1},
-                                              "spoolers": {"alive": 3, "configured": 4}}))  # fmt: skip
+    store.beat("server", "host-1", json.dumps({"queues": {"default": 2, "slow": 1},
+               "spoolers": {"alive": 3, "configured": 4}}), now - 2)  # fmt: skip
     result = _run(app, "stats", "--json")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = secrets.token_urlsafe(32)
 #: Families whose samples change with the clock alone.
-CLOCK = {"spoolkit_housekeeper_last_pass_age_seconds", "spoolkit_queue_oldest_ready_seconds"}
+CLOCK = {"spoolkit_housekeeper_last_pass_age_seconds", "spoolkit_queue_oldest_ready_seconds",
+         "spoolkit_node_last_beat_age_seconds"}  # fmt: skip
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
 

@@ -86,6 +86,12 @@ def test_jobs_posted_to_any_node_run_on_the_spooler_nodes(tmp_path: Path, pg_dsn
                           15, "three nodes in /healthz")  # fmt: skip
         assert listed["a"]["spoolers"] == {"alive": 4, "configured": 4}
         assert listed["web"]["spoolers"] == {"alive": 0, "configured": 0}
+        # Per node in /metrics and on the dashboard, from any node.
+        metrics = web.get("/metrics").body.decode()
+        assert 'spoolkit_node_spoolers{node="b",state="alive"} 4.0' in metrics
+        assert 'spoolkit_node_last_beat_age_seconds{node="a"}' in metrics
+        page = nodes["a"].get("/dashboard").body.decode()
+        assert all(f'data-node="{name}"' in page for name in ("web", "a", "b"))
         # Nothing of another node's was spooled on a node's disk: each job's file was
         # written by the node that claimed it, then removed once it ran.
         for name in ("a", "b"):
