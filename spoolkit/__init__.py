@@ -4,6 +4,7 @@ from .api import accepted, json_http_error
 from .context import current_job
 from .decorator import periodic, spool
 from .errors import (
+    BatchItemError,
     ConfigurationError,
     DecodeError,
     DuplicateTaskError,
@@ -45,6 +46,7 @@ __all__ = [
     "Progress",
     # errors
     "SpoolkitError",
+    "BatchItemError",
     "ConfigurationError",
     "DecodeError",
     "DuplicateTaskError",

@@ -20,6 +20,7 @@ from werkzeug.routing import BaseConverter
 
 from . import runtime
 from .errors import (
+    BatchItemError,
     ConfigurationError,
     EncodeError,
     InvalidJobState,
@@ -32,7 +33,7 @@ from .errors import (
 )
 from .job import Job
 from .openapi import MAX_LIST_LIMIT, openapi_spec
-from .service import current_service
+from .service import JOB_FIELDS, JOB_OPTIONS, current_service
 from .states import JobState
 
 blueprint = Blueprint("spoolkit", __name__, url_prefix="/jobs")
@@ -42,7 +43,7 @@ class JobIdConverter(BaseConverter):
     """A job id in a URL: one path segment, but not one of the API's own names, so that
     ``/jobs/periodic`` never reads as a job (``OPTIONS`` advertises no ``DELETE`` there)."""
 
-    regex = r"(?!(?:periodic|openapi\.json)$)[^/]+"
+    regex = r"(?!(?:periodic|batch|openapi\.json)$)[^/]+"
 
 
 @blueprint.record_once
@@ -52,9 +53,6 @@ def _add_job_id_converter(state: BlueprintSetupState) -> None:
 
 #: ASCII digits only: str.isdigit() also takes "²" and other digits int() refuses.
 LIMIT_PATTERN = re.compile(r"[0-9]{1,7}")
-_OPTIONS = ("at", "countdown", "priority", "max_attempts", "on_success", "on_failure",
-            "callback_url", "timeout", "queue")  # fmt: skip
-_CREATE_FIELDS = {"task", "args", "kwargs", *_OPTIONS}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -176,7 +174,7 @@ def create_job() -> Any:
         return error(400, "request body is not valid JSON")
     if not isinstance(data, dict):
         return error(422, "request body must be a JSON object")
-    unknown = sorted(set(data) - _CREATE_FIELDS)
+    unknown = sorted(set(data) - JOB_FIELDS)
     if unknown:
         return error(422, f"unknown fields: {', '.join(unknown)}")
     name = data.get("task")
@@ -187,7 +185,7 @@ def create_job() -> Any:
         return error(422, "'args' must be a list")
     if not isinstance(kwargs, dict):
         return error(422, "'kwargs' must be an object")
-    options = {key: data.get(key) for key in _OPTIONS}
+    options = {key: data.get(key) for key in JOB_OPTIONS}
     try:
         job = current_service().enqueue_by_name(
             name, args, kwargs, key=request.headers.get(IDEMPOTENCY_HEADER), **options
@@ -197,6 +195,33 @@ def create_job() -> Any:
     except (EncodeError, InvalidSchedule, ConfigurationError, TypeError, ValueError) as exc:
         return error(422, str(exc))
     return accepted(job)
+
+
+@blueprint.post("/batch")
+def create_jobs() -> Any:
+    """``{"jobs": [<what POST /jobs takes>, ...]}``: every job recorded in one
+    transaction, or none (``422`` naming the first wrong one's ``index``)."""
+    try:
+        data = request.get_json(force=True)
+    except BadRequest:
+        return error(400, "request body is not valid JSON")
+    if not isinstance(data, dict) or set(data) != {"jobs"} or not isinstance(data["jobs"], list):
+        return error(422, "request body must be an object with one field, 'jobs', a list")
+    service = current_service()
+    if not data["jobs"]:
+        return error(422, "'jobs' is empty")
+    if len(data["jobs"]) > service.config.max_batch:
+        return error(422, f"at most {service.config.max_batch} jobs per batch "
+                          f"(SPOOLKIT_MAX_BATCH), got {len(data['jobs'])}")  # fmt: skip
+    try:
+        jobs = service.enqueue_specs(data["jobs"])
+    except BatchItemError as exc:
+        response = jsonify({"error": f"jobs[{exc.index}]: {exc.cause}", "index": exc.index})
+        response.status_code = 422
+        return response
+    listed = [{**job.to_dict(), "location": url_for("spoolkit.get_job", job_id=job.id)}
+              for job in jobs]  # fmt: skip
+    return {"jobs": listed}, 202
 
 
 @blueprint.get("")

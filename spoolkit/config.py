@@ -77,6 +77,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics_public": _bool,
     "node": str,
     "node_timeout": float,
+    "max_batch": int,
 }
 
 
@@ -132,6 +133,8 @@ class Config:
     #: Several hosts on one store: a node silent (no heartbeat) this many seconds is
     #: taken for dead, and another node takes its jobs back.
     node_timeout: float = 30.0
+    #: Jobs one batch (``enqueue_many``, ``task.map``, ``POST /jobs/batch``) may hold.
+    max_batch: int = 1000
 
     def __post_init__(self) -> None:
         positive = (
@@ -146,6 +149,7 @@ class Config:
             "store_timeout",
             "spool_ahead",
             "node_timeout",
+            "max_batch",
         )
         for name in positive:
             if getattr(self, name) <= 0:

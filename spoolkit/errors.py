@@ -55,6 +55,16 @@ class IdempotencyConflict(SpoolkitError, ValueError):
     """An idempotency key already names a job of another task or other arguments."""
 
 
+class BatchItemError(SpoolkitError, ValueError):
+    """One job of a batch (``enqueue_many``, ``task.map``, ``POST /jobs/batch``) is
+    wrong: nothing of the batch was recorded. ``index`` is its position."""
+
+    def __init__(self, index: int, cause: Exception) -> None:
+        super().__init__(f"job {index} of the batch: {cause}")
+        self.index = index
+        self.cause = cause
+
+
 class JobTimeout(SpoolkitError):
     """Raised inside a task whose attempt ran past its ``timeout``: ``finally`` blocks
     run; a task that does not return within ``SPOOLKIT_TIMEOUT_GRACE`` is killed."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
@@ -107,6 +109,14 @@ class SpoolKit:
         app.cli.add_command(cli.group)
         log.info("%s mode, store %s, tasks: %s", runner.name, store.path,
                  ", ".join(self.registry.names()) or "none")  # fmt: skip
+
+    @staticmethod
+    def enqueue_many(jobs: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """Queue several jobs in one transaction, all or nothing. Each is a mapping as
+        ``POST /jobs`` takes it: ``{"task": resize (or "tasks.resize"), "args": [...],
+        "kwargs": {...}, "countdown": 5, ...}``. A wrong one raises
+        :class:`~spoolkit.BatchItemError` naming its index; nothing is recorded then."""
+        return current_service().enqueue_specs(jobs)
 
     @staticmethod
     def get_job(job_id: str) -> Job:

@@ -315,6 +315,68 @@ def openapi_spec() -> dict[str, Any]:
                     },
                 },
             },
+            "/jobs/batch": {
+                "post": {
+                    "operationId": "createJobs",
+                    "security": secured,
+                    "description": "Every job recorded in one transaction, or none. At most "
+                    "SPOOLKIT_MAX_BATCH (1000) jobs; no Idempotency-Key.",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["jobs"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "jobs": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "items": {"$ref": "#/components/schemas/NewJob"},
+                                    }
+                                },
+                            }
+                        ),
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "all queued (or scheduled); poll each job's location",
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["jobs"],
+                                    "properties": {
+                                        "jobs": {
+                                            "type": "array",
+                                            "items": {
+                                                "allOf": [
+                                                    {"$ref": "#/components/schemas/Job"},
+                                                    {
+                                                        "type": "object",
+                                                        "required": ["location"],
+                                                        "properties": {
+                                                            "location": {"type": "string"}
+                                                        },
+                                                    },
+                                                ]
+                                            },
+                                        }
+                                    },
+                                }
+                            ),
+                        },
+                        "400": _error("the body is not valid JSON"),
+                        "401": _UNAUTHORIZED,
+                        "413": _error("the body is over SPOOLKIT_MAX_REQUEST_BYTES"),
+                        "422": _error(
+                            "the body is wrong, or one job is (its position is in 'index'): "
+                            "nothing was recorded"
+                        ),
+                        "503": _SPOOL_ERROR,
+                        "507": _SPOOL_FULL,
+                    },
+                },
+            },
             "/jobs/{job_id}": {
                 "parameters": [_JOB_ID],
                 "get": {

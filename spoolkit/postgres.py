@@ -61,6 +61,7 @@ from .rows import (
     TOTALS,
     SQLStore,
     attempt_params,
+    batch_rows,
     check_change,
     claim_params,
     ended_totals,
@@ -585,6 +586,20 @@ class PostgresStore(SQLStore):  # implements store.Store
             return replace(earlier, replayed=True)
 
         return self._transact(work)
+
+    def insert_many(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """One transaction (one WAL flush at commit) for the whole batch."""
+        values, recorded = batch_rows(jobs)
+
+        def record(conn: psycopg.Connection[Any]) -> None:
+            with conn.cursor() as cursor:
+                cursor.executemany(_INSERT, values)
+            if any(new.spool_file is None for new in jobs):
+                conn.execute(_NOTIFY)
+
+        if values:
+            self._transact(record)
+        return recorded
 
     def delete(self, job_id: str) -> None:
         self._transact(lambda conn: conn.execute(

@@ -58,6 +58,14 @@ def new_row(new: NewJob) -> tuple[tuple[Any, ...], Job]:
 
 
 
+def batch_rows(jobs: Sequence[NewJob]) -> tuple[list[tuple[Any, ...]], list[Job]]:
+    """What ``INSERT`` takes for each job of a batch, and the jobs they make."""
+    if any(new.idempotency_key is not None for new in jobs):
+        raise ValueError("a batch cannot carry idempotency keys")
+    made = [new_row(new) for new in jobs]
+    return [values for values, _ in made], [job for _, job in made]
+
+
 def row_to_job(row: tuple[Any, ...]) -> Job:
     (id_, task, state, attempts, max_attempts, backoff, priority, created, scheduled, started,
      finished, updated, progress, result, etype, emessage, etraceback, spool_file, runner,

@@ -51,6 +51,34 @@ class Deferred:
         """Nothing was handed over yet."""
 
 
+class Handoffs:
+    """Several handoffs as one: for runners that stage a batch job by job."""
+
+    def __init__(self, parts: Sequence[Handoff]) -> None:
+        self.parts = parts
+
+    def commit(self) -> None:
+        for part in self.parts:
+            part.commit()
+
+    def abort(self) -> None:
+        for part in self.parts:
+            part.abort()
+
+
+def stage_each(runner: Runner, jobs: Sequence[NewJob]) -> Handoffs:
+    """``runner.stage`` for each job; if one fails, what was staged is undone first."""
+    staged: list[Handoff] = []
+    try:
+        for new in jobs:
+            staged.append(runner.stage(new.id, new.task, new.spool_file, new.payload,
+                                       new.run_at, new.priority, queue=new.queue))  # fmt: skip
+    except BaseException:
+        Handoffs(staged).abort()
+        raise
+    return Handoffs(staged)
+
+
 def delivery_of(
     runner: Runner, job_id: str, priority: int | None, run_at: float | None, now: float
 ) -> str | None:
@@ -143,6 +171,11 @@ class Runner(Protocol):
         (``SpoolWriteError``: nothing is recorded), and nothing runs until
         ``commit()``. So a job is either recorded and runs, or neither. ``queue``
         (one of ``queues``) says which of the runner's queues gets it."""
+        ...
+
+    def stage_many(self, jobs: Sequence[NewJob]) -> Handoff:
+        """``stage`` for a batch: everything staged, or nothing (what was staged is
+        undone before the error); ``commit`` lets them all run, waking the runner once."""
         ...
 
     def submit(self, job: Job, payload: str) -> None:

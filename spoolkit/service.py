@@ -22,11 +22,14 @@ from flask import Flask, current_app, has_app_context
 
 from .config import Config
 from .errors import (
+    BatchItemError,
     ConfigurationError,
+    EncodeError,
     InvalidJobState,
     InvalidSchedule,
     JobNotFound,
     StoreUnavailable,
+    TaskNotFound,
 )
 from .firing import PeriodicJobs
 from .followups import FollowUps
@@ -83,6 +86,12 @@ def current_service() -> JobService:
     return service
 
 
+#: The options a job request (``POST /jobs``, a batch's item) may give.
+JOB_OPTIONS = ("at", "countdown", "priority", "max_attempts", "on_success", "on_failure",
+               "callback_url", "timeout", "queue")  # fmt: skip
+JOB_FIELDS = frozenset({"task", "args", "kwargs", *JOB_OPTIONS})
+
+
 class JobService:
     def __init__(
         self, app: Flask, config: Config, registry: TaskRegistry, store: Store, runner: Runner
@@ -118,7 +127,83 @@ class JobService:
         anything is stored. With ``key`` (an idempotency key), a job recorded under
         it before comes back instead (``job.replayed``). ``queue`` (else the task's,
         else ``default``) must be one of the runner's queues (``ConfigurationError``)."""
+        new = self._new_job(
+            call, time.time(), at=at, countdown=countdown, priority=priority,
+            max_attempts=max_attempts, on_success=on_success, on_failure=on_failure,
+            callback_url=callback_url, key=key, timeout=timeout, queue=queue,
+        )  # fmt: skip
+        # The spool file first, not yet due: a full disk refuses the job before
+        # anything is recorded, and nothing runs before the row exists.
+        handoff = self.runner.stage(
+            new.id, new.task, new.spool_file, new.payload, new.run_at, new.priority,
+            queue=new.queue,
+        )  # fmt: skip
+        try:
+            job = self.store.insert(new)
+        except BaseException:
+            handoff.abort()
+            raise
+        if job.replayed:
+            handoff.abort()  # the key's first job is the one that runs
+            log.info("job %s returned again for its idempotency key", job.id)
+            return job
+        handoff.commit()
+        log.info(
+            "job %s %s: %s (max %d attempts)", job.id, job.state.value, job.task, job.max_attempts
+        )
+        return self.get(job.id) if self.runner.runs_inline else job
+
+    def enqueue_many(self, requests: Sequence[tuple[Call, Mapping[str, Any]]]) -> list[Job]:
+        """Queue several calls, all or nothing: each ``(call, options)`` is checked as
+        ``enqueue`` checks one (idempotency keys excepted: ``ValueError``), then every
+        job is recorded in one transaction (one fsync) and handed to the runner at once.
+        A bad item raises ``BatchItemError`` naming its index, and nothing is recorded;
+        more than ``SPOOLKIT_MAX_BATCH`` items raise ``ValueError``."""
+        if len(requests) > self.config.max_batch:
+            raise ValueError(
+                f"at most {self.config.max_batch} jobs per batch (SPOOLKIT_MAX_BATCH), "
+                f"got {len(requests)}"
+            )
         now = time.time()
+        news: list[NewJob] = []
+        for index, (call, options) in enumerate(requests):
+            try:
+                if options.get("key") is not None:
+                    raise ValueError("a job of a batch cannot carry an idempotency key")
+                news.append(self._new_job(call, now, **options))
+            except (EncodeError, InvalidSchedule, ConfigurationError, TypeError,
+                    ValueError) as exc:  # fmt: skip
+                raise BatchItemError(index, exc) from exc
+        handoff = self.runner.stage_many(news)
+        try:
+            jobs = self.store.insert_many(news)
+        except BaseException:
+            handoff.abort()
+            raise
+        handoff.commit()
+        log.info("%d jobs queued in one batch", len(jobs))
+        if self.runner.runs_inline:
+            return [self.get(job.id) for job in jobs]
+        return jobs
+
+    def _new_job(
+        self,
+        call: Call,
+        now: float,
+        *,
+        at: object = None,
+        countdown: object = None,
+        priority: object = None,
+        max_attempts: object = None,
+        on_success: object = None,
+        on_failure: object = None,
+        callback_url: object = None,
+        key: object = None,
+        timeout: object = None,
+        queue: object = None,
+    ) -> NewJob:
+        """The job a call with these options makes, every option checked, its delivery
+        named (``None``: parked). Raises before anything is staged or stored."""
         success = self._callback_task(on_success, call.on_success, "on_success")
         failure = self._callback_task(on_failure, call.on_failure, "on_failure")
         url = self._callback_url(callback_url)
@@ -133,48 +218,26 @@ class JobService:
         if max_attempts is not None:
             policy = RetryPolicy(max_attempts=max_attempts, backoff=policy.backoff)  # type: ignore[arg-type]
         job_id = new_job_id()
-        delivery = delivery_of(self.runner, job_id, checked_priority, run_at, now)
-        # The spool file first, not yet due: a full disk refuses the job before
-        # anything is recorded, and nothing runs before the row exists.
-        handoff = self.runner.stage(
-            job_id, call.task, delivery, call.payload, run_at, checked_priority,
+        return NewJob(
+            id=job_id,
+            task=call.task,
+            payload=call.payload,
+            max_attempts=policy.max_attempts,
+            backoff=policy.backoff,
+            priority=checked_priority,
+            created_at=now,
+            run_at=run_at,
+            spool_file=delivery_of(self.runner, job_id, checked_priority, run_at, now),
+            origin=call.origin,
+            on_success=success,
+            on_failure=failure,
+            callback_url=url,
+            timeout=limit,
+            idempotency_key=checked_key,
+            idempotency_hash=call_hash(call) if checked_key else None,
+            idempotency_ttl=self.config.idempotency_ttl,
             queue=checked_queue,
-        )  # fmt: skip
-        try:
-            job = self.store.insert(
-                NewJob(
-                    id=job_id,
-                    task=call.task,
-                    payload=call.payload,
-                    max_attempts=policy.max_attempts,
-                    backoff=policy.backoff,
-                    priority=checked_priority,
-                    created_at=now,
-                    run_at=run_at,
-                    spool_file=delivery,
-                    origin=call.origin,
-                    on_success=success,
-                    on_failure=failure,
-                    callback_url=url,
-                    timeout=limit,
-                    idempotency_key=checked_key,
-                    idempotency_hash=call_hash(call) if checked_key else None,
-                    idempotency_ttl=self.config.idempotency_ttl,
-                    queue=checked_queue,
-                )
-            )
-        except BaseException:
-            handoff.abort()
-            raise
-        if job.replayed:
-            handoff.abort()  # the key's first job is the one that runs
-            log.info("job %s returned again for its idempotency key", job.id)
-            return job
-        handoff.commit()
-        log.info(
-            "job %s %s: %s (max %d attempts)", job.id, job.state.value, job.task, job.max_attempts
         )
-        return self.get(job.id) if self.runner.runs_inline else job
 
     def _callback_task(self, given: object, default: str | None, option: str) -> str | None:
         """The registered name of an ``on_success``/``on_failure`` task (a task or a name)."""
@@ -205,6 +268,40 @@ class JobService:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"callback_url {url!r} is not an http(s) URL with a host")
         return url
+
+    def enqueue_specs(self, specs: Sequence[Mapping[str, Any]]) -> list[Job]:
+        """``enqueue_many`` for jobs described as ``POST /jobs`` takes them: each a
+        mapping with ``task`` (a registered name, or the task), ``args``, ``kwargs``
+        and the options. A wrong item raises ``BatchItemError`` with its index."""
+        if len(specs) > self.config.max_batch:
+            raise ValueError(f"at most {self.config.max_batch} jobs per batch "
+                             f"(SPOOLKIT_MAX_BATCH), got {len(specs)}")  # fmt: skip
+        requests: list[tuple[Call, Mapping[str, Any]]] = []
+        for index, spec in enumerate(specs):
+            try:
+                requests.append(self._request(spec))
+            except (TaskNotFound, TypeError, ValueError) as exc:
+                raise BatchItemError(index, exc) from exc
+        return self.enqueue_many(requests)
+
+    def _request(self, spec: Mapping[str, Any]) -> tuple[Call, Mapping[str, Any]]:
+        if not isinstance(spec, Mapping):
+            raise TypeError("a job is an object with 'task' and, optionally, 'args', "
+                            "'kwargs' and the options")  # fmt: skip
+        unknown = sorted(set(spec) - JOB_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown fields: {', '.join(map(str, unknown))}")
+        task = spec.get("task")
+        name = getattr(task, "name", task)
+        if not isinstance(name, str) or not name:
+            raise ValueError("'task' must be the name of a registered task")
+        args, kwargs = spec.get("args", []), spec.get("kwargs", {})
+        if not isinstance(args, list | tuple):
+            raise ValueError("'args' must be a list")
+        if not isinstance(kwargs, Mapping):
+            raise ValueError("'kwargs' must be an object")
+        options = {key: spec[key] for key in JOB_OPTIONS if key in spec}
+        return self.registry.get(name).call(args, kwargs), options
 
     def enqueue_by_name(
         self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any], **options: Any

@@ -41,6 +41,7 @@ from .rows import (
     TOTALS,
     SQLStore,
     attempt_params,
+    batch_rows,
     check_change,
     claim_params,
     ended_totals,
@@ -476,6 +477,13 @@ class SQLiteStore(SQLStore):  # implements store.Store
             return replace(earlier, replayed=True)
 
         return self._transact(work, durable=True)
+
+    def insert_many(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """One ``BEGIN IMMEDIATE`` transaction, one fsync, for the whole batch."""
+        values, recorded = batch_rows(jobs)
+        if values:
+            self._transact(lambda conn: conn.executemany(INSERT, values), durable=True)
+        return recorded
 
     def delete(self, job_id: str) -> None:
         """Remove a row that never reached the spool (its spool file could not be written)."""

@@ -187,6 +187,11 @@ class Store(Protocol):
         """Record an accepted job durably: this is what a ``202`` promises."""
         ...
 
+    def insert_many(self, jobs: Sequence[NewJob]) -> list[Job]:
+        """Record several accepted jobs in one durable transaction (one fsync): all of
+        them, or none. Idempotency keys are not taken here (``ValueError``)."""
+        ...
+
     def delete(self, job_id: str) -> None:
         """Remove a job that never reached a runner (its spool file could not be written)."""
 

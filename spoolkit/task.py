@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
@@ -20,7 +20,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast
 from flask import current_app, has_app_context
 
 from .encoding import encode_arguments
-from .errors import ConfigurationError
+from .errors import BatchItemError, ConfigurationError
 from .job import Job
 from .queues import validate_queue
 from .retry import RetryPolicy
@@ -67,6 +67,8 @@ class Enqueuer(Protocol):
         timeout: object = None,
         queue: object = None,
     ) -> Job: ...
+
+    def enqueue_many(self, requests: Sequence[tuple[Call, Mapping[str, Any]]]) -> list[Job]: ...
 
 
 def app_enqueuer() -> Enqueuer:
@@ -172,6 +174,28 @@ class Task(Generic[P, R]):
             on_success=on_success, on_failure=on_failure, callback_url=callback_url, key=key,
             timeout=timeout, queue=queue,
         )  # fmt: skip
+
+    def map(self, calls: Iterable[Sequence[Any] | Mapping[str, Any]]) -> list[Job]:
+        """Queue one job per item, all in one transaction (one fsync), all or nothing:
+        an item is the positional arguments (a tuple or list) or the keyword arguments
+        (a mapping) of one call. ``resize.map([("a.png", 64), ("b.png", 64)])``. A
+        call that does not fit raises :class:`~spoolkit.BatchItemError` naming its
+        index, and no job is recorded. At most ``SPOOLKIT_MAX_BATCH`` items."""
+        requests: list[tuple[Call, Mapping[str, Any]]] = []
+        for index, item in enumerate(calls):
+            try:
+                if isinstance(item, Mapping):
+                    requests.append((self.call((), item), {}))
+                elif isinstance(item, tuple | list):
+                    requests.append((self.call(item, {}), {}))
+                else:
+                    raise TypeError(
+                        f"{self.name}.map(): each item is a tuple or list of arguments, or a "
+                        f"mapping of keyword arguments, not {type(item).__name__}"
+                    )
+            except TypeError as exc:
+                raise BatchItemError(index, exc) from exc
+        return app_enqueuer().enqueue_many(requests)
 
     def call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Call:
         """Check ``args``/``kwargs`` against the signature and encode them.

@@ -92,6 +92,12 @@ def test_jobs_posted_to_any_node_run_on_the_spooler_nodes(tmp_path: Path, pg_dsn
         assert 'spoolkit_node_last_beat_age_seconds{node="a"}' in metrics
         page = nodes["a"].get("/dashboard").body.decode()
         assert all(f'data-node="{name}"' in page for name in ("web", "a", "b"))
+        # A batch posted to the web node: one transaction, claimed by the spooler nodes.
+        batch = web.post("/jobs/batch", {"jobs": [{"task": "tests.jobs.add", "args": [i, 1]}
+                                                  for i in range(50)]})  # fmt: skip
+        assert batch.status == 202, batch
+        results = [web.wait_job(job["id"], timeout=60)["result"] for job in batch.json()["jobs"]]
+        assert results == [i + 1 for i in range(50)]
         # Nothing of another node's was spooled on a node's disk: each job's file was
         # written by the node that claimed it, then removed once it ran.
         for name in ("a", "b"):

@@ -70,6 +70,27 @@ def test_insert_states(store: Store) -> None:
     assert store.counts()["queued"] == 1 and store.counts()["scheduled"] == 1
 
 
+def _batch(ids: list[str], **kw: object) -> list[NewJob]:
+    return [NewJob(id=job_id, task="t", payload='{"args":[],"kwargs":{}}', max_attempts=2,
+                   backoff=1.0, priority=None, created_at=100.0, run_at=None,
+                   spool_file=f"file-{job_id}", **kw)  # type: ignore[arg-type]
+            for job_id in ids]  # fmt: skip
+
+
+def test_insert_many_records_all_or_nothing(store: Store) -> None:
+    made = store.insert_many(_batch(["b1", "b2", "b3"]))
+    assert [job.id for job in made] == ["b1", "b2", "b3"]
+    assert all(store.get(job_id).state is JobState.QUEUED for job_id in ("b1", "b2", "b3"))
+    assert store.insert_many([]) == []
+    # A batch whose third row cannot be recorded (an id taken) records none of its rows.
+    with pytest.raises(Exception):  # noqa: B017 - each store names the constraint its own way
+        store.insert_many(_batch(["c1", "c2", "b2", "c4"]))
+    assert [store.get(job_id) for job_id in ("c1", "c2", "c4")] == [None, None, None]
+    with pytest.raises(ValueError, match="idempotency keys"):
+        store.insert_many(_batch(["d1"], idempotency_key="k", idempotency_hash="h"))
+    assert store.get("d1") is None
+
+
 def test_claim_run_and_succeed(store: Store) -> None:
     _new(store)
     assert _claim(store) is ClaimAction.RUN
