@@ -54,6 +54,9 @@ class EagerRunner:
     def lost(self, job: Job, why: str) -> None:
         hand_over(self, self.worker.lost(job, why).follow_ups)
 
+    def tasks(self) -> list[str]:
+        return self.worker.registry.names()
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return EAGER_DELIVERY
 

@@ -38,6 +38,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .config import Config
@@ -82,6 +83,7 @@ class Housekeeper:
         #: This node's epoch, once registered (several hosts on one store).
         self.epoch: int | None = None
         self._capacity: dict[str, int] = {}
+        self._tasks: Collection[str] = ()
 
     def run_once(self, now: float | None = None, limit: int | None = PASS_LIMIT) -> Report:
         """One pass over up to ``limit`` unfinished jobs (all with ``None``)."""
@@ -170,6 +172,7 @@ class Housekeeper:
             claimed = store.claim_parked(
                 node, self.epoch, self._capacity, now + SCHEDULER_TICK, now,
                 lambda job: self.runner.delivery_for(job.id, job.priority, now),
+                self._tasks,
             )  # fmt: skip
         except NodeFenced as exc:
             log.error("%s: another node took this node's jobs back (its heartbeat was "
@@ -244,6 +247,7 @@ class Housekeeper:
         self.stop_aborted(now)
         if self.runner.node is not None:
             self._capacity = self.runner.capacity()
+            self._tasks = self.runner.tasks()
             self.take_back(now)
         self.spool_due(now)
         self.fire_due(now)

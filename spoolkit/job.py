@@ -145,6 +145,7 @@ class Job:
             "timeout": self.timeout,
             "abort_requested": self.abort_requested,
             "periodic_slot": isoformat(self.periodic_slot),
+            "node": self.node,
         }
         if with_result:
             shown["history"] = [attempt.to_dict() for attempt in self.history]

@@ -96,6 +96,9 @@ class LocalRunner:
     def lost(self, job: Job, why: str) -> None:
         hand_over(self, self.worker.lost(job, why).follow_ups)
 
+    def tasks(self) -> list[str]:
+        return self.worker.registry.names()
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return LOCAL_PREFIX + self.host.instance()
 

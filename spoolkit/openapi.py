@@ -71,6 +71,9 @@ SCHEMAS: dict[str, Any] = {
             "error",
         ],
         "properties": {
+            "node": _nullable(
+                {"type": "string", "description": "the node that claimed it (PostgreSQL)"}
+            ),
             "id": {"type": "string"},
             "task": {"type": "string"},
             "origin": {

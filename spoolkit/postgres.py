@@ -464,7 +464,10 @@ class PostgresStore(SQLStore):  # implements store.Store
         until: float,
         now: float,
         deliver: Callable[[Job], str],
+        tasks: Collection[str],
     ) -> list[tuple[Job, str]]:
+        known = list(tasks)
+
         def work(conn: psycopg.Connection[Any]) -> list[tuple[Job, str]]:
             # FOR SHARE: a takeover bumping this node's epoch waits for the claim, or
             # the claim sees the new epoch.
@@ -486,9 +489,10 @@ class PostgresStore(SQLStore):  # implements store.Store
                     f"SELECT {COLUMNS}, payload FROM spoolkit_jobs WHERE spool_file IS NULL "
                     "AND state IN ('queued', 'scheduled') AND queue = %s "
                     "AND COALESCE(scheduled_for, created_at) <= %s "
+                    "AND (origin <> 'spoolkit' OR task = ANY(%s)) "
                     "ORDER BY (priority IS NULL), priority, COALESCE(scheduled_for, created_at) "
                     "LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (queue, until, room),
+                    (queue, until, known, room),
                 ).fetchall()
                 for row in rows:
                     job = row_to_job(row[:-1])
@@ -631,7 +635,7 @@ class PostgresStore(SQLStore):  # implements store.Store
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
                 counted = 1 if action is ClaimAction.RUN else 0
                 conn.execute(_CLAIM_DECIDED, (JobState.RUNNING.value, counted, now, instance,
-                                              pid, now, job_id))  # fmt: skip
+                                              pid, now, node, job_id))  # fmt: skip
                 job = self._fetch(conn, job_id)
             return action, job
 

@@ -161,15 +161,19 @@ OWN_NODE = "(node IS NULL OR node = ?)"
 #: The fast claim: a waiting, due job named by this delivery, in one statement.
 CLAIM = (
     "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + 1, started_at = ?, "
-    "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? "
+    "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ?, node = COALESCE(node, ?) "
     "WHERE id = ? AND spool_file = ? AND state IN (?, ?) "
     f"AND (scheduled_for IS NULL OR scheduled_for <= ?) AND {OWN_NODE} RETURNING {COLUMNS}"
 )
 #: The claim's decided case (``RUN`` or ``RERUN``), on a row already read.
 CLAIM_DECIDED = (
     "UPDATE spoolkit_jobs SET state = ?, attempts = attempts + ?, started_at = ?, "
-    "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ? WHERE id = ?"
+    "finished_at = NULL, runner = ?, runner_pid = ?, updated_at = ?, node = COALESCE(node, ?) "
+    "WHERE id = ?"
 )
+#: A running job is its spooler's node's (``COALESCE(node, ?)`` in the claims): a row no
+#: node claimed (a ``uwsgi.spool()`` file the kit adopted) becomes that node's when it
+#: starts, so only that node recovers it, and others take it back if the node dies.
 TOTALS = (
     "INSERT INTO spoolkit_stats (task, series, value) VALUES (?, ?, ?) "
     "ON CONFLICT (task, series) DO UPDATE SET value = spoolkit_stats.value + excluded.value"
@@ -189,7 +193,7 @@ ATTEMPT = (
 def claim_params(
     job_id: str, delivery: str, instance: str, pid: int, now: float, node: str | None
 ) -> list[Any]:
-    return [JobState.RUNNING.value, now, instance, pid, now, job_id, delivery,
+    return [JobState.RUNNING.value, now, instance, pid, now, node, job_id, delivery,
             JobState.QUEUED.value, JobState.SCHEDULED.value, now, node]  # fmt: skip
 
 

@@ -151,6 +151,11 @@ class Runner(Protocol):
         ``Worker.lost``), and hand over what its outcome queued."""
         ...
 
+    def tasks(self) -> Collection[str]:
+        """The tasks this runner's processes can run: a node claims only jobs of these
+        (during a rolling deploy, a task new to some nodes waits for one that has it)."""
+        ...
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         """Name the delivery of a new job (recorded in the row before ``submit``)."""
         ...

@@ -242,6 +242,9 @@ class SpoolerRunner:
     def lost(self, job: Job, why: str) -> None:
         hand_over(self, self.worker.lost(job, why).follow_ups)
 
+    def tasks(self) -> list[str]:
+        return self.worker.registry.names()
+
     def release(self, job: Job) -> None:
         """Make a cancelled job's file due now, so a spooler drops it at its next scan."""
         if job.spool_file and not is_local_delivery(job.spool_file):

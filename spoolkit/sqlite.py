@@ -522,7 +522,7 @@ class SQLiteStore(SQLStore):  # implements store.Store
             if action in (ClaimAction.RUN, ClaimAction.RERUN):
                 counted = 1 if action is ClaimAction.RUN else 0
                 conn.execute(CLAIM_DECIDED, (JobState.RUNNING.value, counted, now, instance, pid,
-                                             now, job_id))  # fmt: skip
+                                             now, node, job_id))  # fmt: skip
                 job = self._fetch(conn, job_id)
         return action, job
 

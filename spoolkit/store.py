@@ -315,8 +315,11 @@ class SharedStore(Store, Protocol):
         until: float,
         now: float,
         deliver: Callable[[Job], str],
+        tasks: Collection[str],
     ) -> list[tuple[Job, str]]:
-        """Claim for ``node`` unclaimed jobs due by ``until``: per queue, as many as
+        """Claim for ``node`` unclaimed jobs due by ``until``, of the ``tasks`` it can
+        run (jobs another library queued, any: their code must be on every node): per
+        queue, as many as
         ``capacity`` says minus those the node holds there already (claimed or
         running); lowest priority number first (none last), then soonest due; rows
         another node is claiming are skipped. Each gets ``deliver(job)`` as its spool

@@ -56,6 +56,9 @@ class WebNodeRunner:
     def lost(self, job: Job, why: str) -> None:
         hand_over(self, self.worker.lost(job, why).follow_ups)
 
+    def tasks(self) -> list[str]:
+        return self.worker.registry.names()
+
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return spool_file_name(job_id, now)  # never used: nothing is delivered here
 

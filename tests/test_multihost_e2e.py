@@ -229,3 +229,32 @@ def test_a_periodic_job_fires_once_per_slot_across_three_nodes(tmp_path: Path, p
         assert {job["state"] for job in done} == {"succeeded"}
         runs = sum(len(lines) for lines in ran_on(nodes, "every_second").values())
         assert runs >= len(done)
+
+
+def test_uwsgidecorators_code_on_a_spooler_node(tmp_path: Path, pg_dsn: str) -> None:
+    """A ``uwsgi.spool()`` call of code written for uwsgidecorators, on a spooler node:
+    the kit records it and it runs once, as that node's job (no other node recovers or
+    runs its file)."""
+    nodes = {
+        "legacy": UwsgiServer(tmp_path / "legacy", extra_args=("--module", "tests.legacy_app:app"),
+                              SPOOLKIT_DATABASE=pg_dsn, SPOOLKIT_NODE="legacy",
+                              SPOOLKIT_NODE_TIMEOUT=NODE_TIMEOUT, SPOOLKIT_SPOOLERS="2",
+                              LEGACY_IMPORT_ORDER="after", SPOOLKIT_IMPORTS="tests.jobs"),
+        "b": node(tmp_path, pg_dsn, "b"),
+    }  # fmt: skip
+    try:
+        for server in nodes.values():
+            server.start()
+        legacy = nodes["legacy"]
+        tags = [f"legacy-{i}" for i in range(6)]
+        answers = [legacy.post("/legacy/call", {"tag": tag}) for tag in tags]
+        assert all(answer.status == 200 for answer in answers), answers
+        jobs = [nodes["b"].wait_job(answer.json()["job"], timeout=30) for answer in answers]
+        outcomes = [(job["state"], job["origin"], job["attempts"]) for job in jobs]
+        assert outcomes == [("succeeded", "uwsgidecorators", 1)] * len(tags), jobs[0]["error"]
+        assert {job["node"] for job in jobs} == {"legacy"}
+        runs = {tag: len(legacy.records_of(tag)) + len(nodes["b"].records_of(tag)) for tag in tags}
+        assert set(runs.values()) == {1}, runs
+    finally:
+        for server in nodes.values():
+            server.stop()

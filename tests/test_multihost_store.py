@@ -32,6 +32,8 @@ OTHER_RUN = "host-b:1:60:0"
 PAYLOAD = '{{"args":["{}"],"kwargs":{{}}}}'
 #: Far enough ahead that every job in these tests is due.
 UNTIL = 1000.0
+#: The tasks the test nodes can run (``claim_parked`` takes only jobs of these).
+TASKS = ("t",)
 #: Seconds without a beat after which a node counts as silent, here: short, yet long
 #: enough that a node that has just beaten is never taken for silent on a slow machine.
 SILENT = 0.5
@@ -85,7 +87,9 @@ def claim(
     store: PostgresStore, node: str, epoch: int, capacity: dict[str, int], now: float = 200.0
 ) -> list[str]:
     """What ``node``'s housekeeper claims for its idle spoolers: the ids, in order."""
-    return [job.id for job, _ in store.claim_parked(node, epoch, capacity, UNTIL, now, deliver)]
+    return [
+        job.id for job, _ in store.claim_parked(node, epoch, capacity, UNTIL, now, deliver, TASKS)
+    ]
 
 
 def start(
@@ -173,7 +177,9 @@ def test_a_node_claims_only_due_parked_jobs_of_its_queues(
     park(host_a, "taken", created_at=50.0)
     assert claim(host_b, "B", epoch_b, {"default": 1}) == ["taken"]  # the oldest, by B
 
-    claimed = host_a.claim_parked("A", epoch_a, {"default": 10, "full": 0}, UNTIL, 200.0, deliver)
+    claimed = host_a.claim_parked(
+        "A", epoch_a, {"default": 10, "full": 0}, UNTIL, 200.0, deliver, TASKS
+    )
     assert sorted(job.id for job, _ in claimed) == ["due", "queued"]
     for job, payload in claimed:
         assert payload == PAYLOAD.format(job.id)
@@ -509,3 +515,21 @@ def test_unfinished_for_a_node_is_its_own_jobs_and_the_unclaimed_spooled_ones(
     assert unfinished("C") == ["cli"]
     assert [job.id for job in host_a.unfinished("A-running", 100, 1e12, node="A")] == ["cli"]
     assert host_a.unfinished("", 100, 150.0, node="A") == [row(host_a, "cli")]
+
+
+def test_a_node_claims_only_the_tasks_it_can_run(host_a: PostgresStore) -> None:
+    """A rolling deploy: a job of a task this node lacks waits for a node that has it;
+    a job another library queued (its code must be on every node) is claimed anyway."""
+    epoch = host_a.register("A", "host-a", THIS_RUN, 100.0)
+    for job_id, task, origin in (("new", "tasks.added_later", "spoolkit"), ("known", "t", "spoolkit"),
+                                 ("legacy", "legacy.spool_task", "uwsgidecorators")):  # fmt: skip
+        host_a.insert(NewJob(id=job_id, task=task, payload=PAYLOAD.format(job_id), max_attempts=3,
+                             backoff=1.0, priority=None, created_at=100.0, run_at=None,
+                             spool_file=None, origin=origin))  # fmt: skip
+    claimed = host_a.claim_parked("A", epoch, {"default": 10}, UNTIL, 200.0, deliver, TASKS)
+    assert sorted(job.id for job, _ in claimed) == ["known", "legacy"]
+    untouched = host_a.get("new")
+    assert untouched is not None and (untouched.spool_file, untouched.node) == (None, None)
+    later = host_a.claim_parked("A", epoch, {"default": 10}, UNTIL, 201.0, deliver,
+                                [*TASKS, "tasks.added_later"])  # fmt: skip
+    assert [job.id for job, _ in later] == ["new"]
