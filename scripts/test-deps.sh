@@ -6,7 +6,8 @@
 # chromium and chromium-driver (the dashboard's browser test drives /usr/bin/chromium
 # through /usr/bin/chromedriver; Selenium never downloads a browser or driver),
 # postgresql (the PostgreSQL store's tests start a server from its binaries),
-# prometheus (promtool checks deploy/prometheus/; a real Prometheus scrapes the kit).
+# prometheus (promtool checks deploy/prometheus/; a real Prometheus scrapes the kit),
+# openssl (the multi-host deploy test makes the database server's TLS certificates).
 # Installs only what is missing; called by `make test`.
 set -euo pipefail
 
@@ -24,6 +25,7 @@ have chattr || need+=(e2fsprogs)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 have promtool || need+=(prometheus)
+have openssl || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=()

@@ -82,6 +82,11 @@ class Housekeeper:
         self._cursor = ""
         #: This node's epoch, once registered (several hosts on one store).
         self.epoch: int | None = None
+        #: Since when this node's beats have been landing without a gap (monotonic):
+        #: it takes other nodes' jobs back only after a whole node timeout of them, so
+        #: when the database comes back from an outage longer than the timeout, nobody
+        #: takes a live node for dead before that node could beat again.
+        self._beating_since: float | None = None
         self._capacity: dict[str, int] = {}
         self._tasks: Collection[str] = ()
 
@@ -183,6 +188,23 @@ class Housekeeper:
             self.runner.submit(job, payload)
         return len(claimed)
 
+    def namesake(self, now: float) -> str | None:
+        """Another running uWSGI instance that beats under this node's name (two nodes
+        with one name would keep taking each other's jobs back), or ``None``. A previous
+        run of this node, whose master is gone, is no namesake: it is restarting."""
+        mine = self.runner.host.instance()
+        try:
+            nodes = self.store.nodes(now, self.config.node_timeout)
+        except StoreUnavailable:
+            return None  # the first beat will say what is wrong with the store
+        for node in nodes:
+            if node.id != self.runner.node:
+                continue
+            theirs = json.loads(node.figures).get("instance")
+            if theirs and theirs != mine and self.runner.host.runner_alive(theirs, None):
+                return f"{theirs} on {node.host}"
+        return None
+
     def join(self, store: SharedStore, node: str, now: float) -> None:
         """Register this node (a new epoch), taking back its previous run's jobs."""
         self.epoch = store.register(node, socket.gethostname(), self.runner.host.instance(), now)
@@ -193,6 +215,9 @@ class Housekeeper:
         claimed jobs return to the pool, their running attempts are recorded lost."""
         store, node = self.store, self.runner.node
         if node is None or not isinstance(store, SharedStore):
+            return 0
+        since = self._beating_since
+        if since is None or time.monotonic() - since < self.config.node_timeout:
             return 0
         lost = store.take_back(self.config.node_timeout, now, exclude=node)
         for job in lost:
@@ -222,7 +247,8 @@ class Housekeeper:
         _, health = self.runner.health()
         queues = health.get("queues") or {}
         seen = {name: entry["spoolers_alive"] for name, entry in queues.items()}
-        figures = {"spoolers": health.get("spoolers"), "queues": seen}
+        figures = {"spoolers": health.get("spoolers"), "queues": seen,
+                   "instance": self.runner.host.instance()}  # fmt: skip
         self.store.beat(self.config.node, socket.gethostname(), json.dumps(figures), now)
 
     def fire_due(self, now: float) -> int:
@@ -236,9 +262,14 @@ class Housekeeper:
             try:
                 self.record_spoolers(time.time())
             except StoreUnavailable as exc:
+                self._beating_since = None
                 log.warning("node heartbeat not recorded: %s", exc)
             except Exception:
+                self._beating_since = None
                 log.exception("node heartbeat failed")
+            else:
+                if self._beating_since is None:
+                    self._beating_since = time.monotonic()
             time.sleep(BEAT_INTERVAL)
 
     def tick(self, now: float) -> None:
@@ -258,6 +289,11 @@ class Housekeeper:
         log.info("housekeeper started: parked jobs every %.1fs, housekeeping every %.1fs",
                  SCHEDULER_TICK, interval)  # fmt: skip
         if self.runner.node is not None:
+            while (other := self.namesake(time.time())) is not None:
+                log.error("SPOOLKIT_NODE=%s is taken by a running instance (%s): this one "
+                          "neither beats nor claims jobs until it is gone; give each uWSGI "
+                          "instance a node name of its own", self.runner.node, other)  # fmt: skip
+                time.sleep(self.config.node_timeout)
             threading.Thread(target=self.beat_forever, name="spoolkit-beat", daemon=True).start()
         next_pass, limit = 0.0, None  # the first pass, at start-up, looks at every job
         next_tick = 0.0

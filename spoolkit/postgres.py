@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -204,14 +204,24 @@ _NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 _HELD = "state IN ('queued', 'scheduled', 'running')"
 
 
+#: libpq parameters that hold a secret, masked in the address's query string too.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def redact(dsn: str) -> str:
-    """The address without its password, for logs and errors."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The address without its password (in ``user:password@`` or a ``password=``
+    parameter), for logs and errors."""
+    base, mark, query = dsn.partition("?")
+    parts = urlsplit(base)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        base = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    pairs = [pair.partition("=") for pair in query.split("&")] if query else []
+    query = "&".join(
+        f"{key}{sep}{'***' if unquote(key).lower() in _SECRET_PARAMETERS else value}"
+        for key, sep, value in pairs
+    )
+    return f"{base}{mark}{query}"
 
 
 def _clean(text: str | None) -> str | None:

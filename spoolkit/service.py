@@ -433,7 +433,7 @@ class JobService:
         """The servers whose housekeeper used this store recently (live nodes), with
         their spoolers: for ``/healthz``."""
         shown = []
-        for node in self.store.nodes(now, self._late_after):
+        for node in self.store.nodes(now, max(self._late_after, self.config.node_timeout)):
             figures = json.loads(node.figures)
             shown.append({"id": node.id, "host": node.host, "last_beat_age": round(node.age, 1),
                           "spoolers": figures.get("spoolers"),

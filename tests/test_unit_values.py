@@ -23,6 +23,7 @@ from spoolkit.encoding import (
 from spoolkit.errors import DecodeError, EncodeError, InvalidSchedule
 from spoolkit.job import Job
 from spoolkit.lifecycle import ClaimAction, decide_claim
+from spoolkit.postgres import redact
 from spoolkit.retry import Retry, RetryPolicy, compute_backoff
 from spoolkit.schedule import (
     isoformat,
@@ -280,3 +281,14 @@ def test_claim_decisions() -> None:
     assert _decide(replace(running, runner_pid=os.getpid()), alive=True) is ClaimAction.CRASHED
     assert _decide(replace(running, runner="host:1:49:0"), alive=True) is ClaimAction.RERUN
     assert _decide(replace(running, runner="host:1:50:1")) is ClaimAction.RERUN
+
+
+def test_a_postgresql_address_is_shown_without_its_secrets() -> None:
+    assert redact("postgresql://kit:s3cret@db:5432/kit?sslmode=verify-full") == (
+        "postgresql://kit:***@db:5432/kit?sslmode=verify-full"
+    )
+    assert redact("postgresql:///kit?host=/run/pg&password=s3cret&sslpassword=k") == (
+        "postgresql:///kit?host=/run/pg&password=***&sslpassword=***"
+    )
+    assert redact("postgresql://db/kit?PassWord=x") == "postgresql://db/kit?PassWord=***"
+    assert redact("postgresql://db/kit") == "postgresql://db/kit"
