@@ -143,6 +143,10 @@ class BrokerDriver:
             pids += [process.pid, *descendants(process.pid)]
         return pids
 
+    def other_pids(self) -> list[int]:
+        """None: every process the peer started is among its consumers."""
+        return []
+
     def store_pids(self) -> list[int]:
         """redis-server, whose CPU per job is part of the peer's cost (Huey's SQLite
         flavour does not use it)."""

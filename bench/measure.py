@@ -45,6 +45,11 @@ class Driver(Protocol):
         ...
 
     def consumer_pids(self) -> list[int]: ...
+    def other_pids(self) -> list[int]:
+        """The system's processes that are neither consumers nor the producer (a uWSGI
+        master, the kit's housekeeping mule); none where the consumers are all of it."""
+        ...
+
     def store_pids(self) -> list[int]:
         """The store's server processes (PostgreSQL, Redis); none for a file (SQLite)."""
         ...
@@ -64,18 +69,23 @@ class Measure:
 
     def drain(self, n: int, timeout: float = 900) -> dict[str, Any]:
         """Enqueue n jobs while the consumers run; drain = n / (last start - first enqueue).
-        CPU of the store's server (None without one) is counted until the last job started."""
+        CPU of the other processes and of the store's server (None without them) is
+        counted until the last job started."""
         first = self.ids(n)
         consumers, servers = self.driver.consumer_pids(), self.driver.store_pids()
+        others = self.driver.other_pids()
         cpu_before, server_before = cpu_seconds(consumers), cpu_seconds(servers)
+        other_before = cpu_seconds(others)
         t0, t1, producer_cpu = self.driver.enqueue_many(first, n)
         starts = wait_records(self.driver.record, first, n, timeout)
         server_cpu = cpu_seconds(servers) - server_before
+        other_cpu = cpu_seconds(others) - other_before
         return {
             "enqueue_per_s": n / (t1 - t0),
             "drain_per_s": n / (max(starts.values()) - t0),
             "cpu_ms_consumers": (cpu_seconds(consumers) - cpu_before) * 1000 / n,
             "cpu_ms_producer": producer_cpu * 1000 / n,
+            "cpu_ms_other": other_cpu * 1000 / n if others else None,
             "cpu_ms_server": server_cpu * 1000 / n if servers else None,
         }
 
@@ -152,6 +162,7 @@ def core(driver: Driver, n: int, trials: int, pickups: int) -> dict[str, Any]:
             "drain_per_s": median([r["drain_per_s"] for r in results]),
             "cpu_ms_consumers": median([r["cpu_ms_consumers"] for r in results]),
             "cpu_ms_producer": median([r["cpu_ms_producer"] for r in results]),
+            "cpu_ms_other": _median_or_none([r["cpu_ms_other"] for r in results]),
             "cpu_ms_server": _median_or_none([r["cpu_ms_server"] for r in results]),
             "pickup": measure.pickup(pickups),
         }

@@ -45,7 +45,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 (f"idle pickup p50 <= 2x raw ({place})", f"{pick:.2f}x", verdict(pick <= 2))
             )
     kit = _row(core, "kit@disk")
-    ours = {"kit", "kit-normal", "kit-pg", "raw", "uwsgi-tasks"}  # the kit and the uWSGI floor
+    ours = {"kit", "kit-normal", "kit-pg", "kit-pg-3", "raw", "uwsgi-tasks"}  # kit, uWSGI floor
     peers = {k: v for k, v in core.items() if k.split("@")[0] not in ours}
     if kit and peers:
         best = max(peers.items(), key=lambda item: item[1]["drain_per_s"])
@@ -90,15 +90,23 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _cpu(data: dict[str, Any]) -> str:
     text = f"{data['cpu_ms_consumers']:.3f} + {data['cpu_ms_producer']:.3f}"
+    if data.get("cpu_ms_other") is not None:
+        text += f" + {data['cpu_ms_other']:.3f} other"
     if data.get("cpu_ms_server") is not None:
         text += f" + {data['cpu_ms_server']:.3f} server"
     return text
 
 
-def _total_cpu(data: dict[str, Any]) -> float:
+def _kit_cpu(data: dict[str, Any]) -> float:
+    """CPU per job in the system's own processes: consumers, producer and the rest of
+    its uWSGI instances (master, the kit's mule); results older than that figure lack it."""
     return float(
-        data["cpu_ms_consumers"] + data["cpu_ms_producer"] + (data.get("cpu_ms_server") or 0)
+        data["cpu_ms_consumers"] + data["cpu_ms_producer"] + (data.get("cpu_ms_other") or 0)
     )
+
+
+def _total_cpu(data: dict[str, Any]) -> float:
+    return _kit_cpu(data) + float(data.get("cpu_ms_server") or 0)
 
 
 def _postgres_setup(results: dict[str, Any]) -> list[str]:
@@ -106,7 +114,7 @@ def _postgres_setup(results: dict[str, Any]) -> list[str]:
     if not pg:
         return []
     return [
-        f"PostgreSQL store (`kit-pg`): PostgreSQL {pg['server_version']}, started and stopped by "
+        f"PostgreSQL store (`kit-pg`, `kit-pg-3`): PostgreSQL {pg['server_version']}, started and stopped by "
         f"the bench, data directory on `disk` ({pg['filesystem']}, the SQLite kit's disk), "
         f"fsync={pg['fsync']}, synchronous_commit={pg['synchronous_commit']}, "
         f"full_page_writes={pg['full_page_writes']}, wal_sync_method={pg['wal_sync_method']}, "
@@ -156,9 +164,8 @@ def postgres_vs_sqlite(results: dict[str, Any]) -> list[str]:
     add("drain, jobs/s", sqlite["drain_per_s"], pg["drain_per_s"])
     add("idle pickup p50, ms", sqlite["pickup"]["p50_ms"], pg["pickup"]["p50_ms"], 2)
     add("idle pickup p99, ms", sqlite["pickup"]["p99_ms"], pg["pickup"]["p99_ms"], 2)
-    kit_sqlite = sqlite["cpu_ms_consumers"] + sqlite["cpu_ms_producer"]
-    kit_pg = pg["cpu_ms_consumers"] + pg["cpu_ms_producer"]
-    add("CPU ms/job in the kit's processes (spoolers + web worker)", kit_sqlite, kit_pg, 3)
+    add("CPU ms/job in the kit's processes (spoolers, web worker, master, mule)",
+        _kit_cpu(sqlite), _kit_cpu(pg), 3)  # fmt: skip
     add("CPU ms/job in all (+ the PostgreSQL server)", _total_cpu(sqlite), _total_cpu(pg), 3)
     http_sqlite = ext.get("kit@disk", {}).get("http")
     http_pg = ext.get("kit-pg@disk", {}).get("http")
@@ -217,6 +224,69 @@ def postgres_vs_sqlite(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def nodes_vs_one(results: dict[str, Any]) -> list[str]:
+    """The kit on PostgreSQL with three spooler nodes against one node, same run, same
+    machine: what coordinating the nodes costs (they share the cores, so no scale-out)."""
+    core, ext = results["core"], results["extended"]
+    one, three = core.get("kit-pg@disk"), core.get("kit-pg-3@disk")
+    if not (one and three):
+        return []
+    cores = results["machine"]["cores"]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(what: str, a: float | None, b: float | None, digits: int = 0) -> None:
+        ratio = f"{b / a:.2f}x" if a and b is not None else "-"
+        rows.append((what, _n(a, digits), _n(b, digits), ratio))
+
+    add("enqueue, jobs/s (a loop in one node's web worker)", one["enqueue_per_s"],
+        three["enqueue_per_s"])  # fmt: skip
+    add("drain, jobs/s", one["drain_per_s"], three["drain_per_s"])
+    add("idle pickup p50, ms", one["pickup"]["p50_ms"], three["pickup"]["p50_ms"], 2)
+    add("idle pickup p99, ms", one["pickup"]["p99_ms"], three["pickup"]["p99_ms"], 2)
+    add("CPU ms/job, spoolers", one["cpu_ms_consumers"], three["cpu_ms_consumers"], 3)
+    add("CPU ms/job, masters and mules (the mules claim the jobs)", one.get("cpu_ms_other"),
+        three.get("cpu_ms_other"), 3)  # fmt: skip
+    add("CPU ms/job, PostgreSQL server", one.get("cpu_ms_server"), three.get("cpu_ms_server"), 3)
+    add("CPU ms/job in all (+ web workers)", _total_cpu(one), _total_cpu(three), 3)
+    one_ext, three_ext = ext.get("kit-pg@disk", {}), ext.get("kit-pg-3@disk", {})
+    if one_ext.get("http") and three_ext.get("http"):
+        add("HTTP POST /jobs -> 202 to one node, req/s", one_ext["http"]["requests_per_s"],
+            three_ext["http"]["requests_per_s"])  # fmt: skip
+    for size, data in three_ext.get("backlog", {}).items():
+        if "drain_per_s" in data and "drain_per_s" in one_ext.get("backlog", {}).get(size, {}):
+            add(f"drain of a {int(size):,} backlog, jobs/s",
+                one_ext["backlog"][size]["drain_per_s"], data["drain_per_s"])  # fmt: skip
+
+    drain = three["drain_per_s"] / one["drain_per_s"]
+    cpu = _total_cpu(three) / _total_cpu(one)
+    shapes = results.get("shapes", {})
+    shape_one = shapes.get("kit-pg", {"nodes": 1, "spoolers_per_node": 2})
+    shape = shapes.get("kit-pg-3", {"nodes": 3, "spoolers_per_node": 2})
+    per_node, total = shape["spoolers_per_node"], shape["nodes"] * shape["spoolers_per_node"]
+    said = [
+        f"Three spooler nodes (three uWSGI instances of {per_node} spoolers each, {total} "
+        f"spoolers in all against {shape_one['nodes'] * shape_one['spoolers_per_node']}) on "
+        f"one PostgreSQL drain at {drain:.2f}x the rate of one node "
+        f"({_n(three['drain_per_s'])} against {_n(one['drain_per_s'])} jobs/s) and spend "
+        f"{cpu:.2f}x the CPU per job ({_n(_total_cpu(three), 3)} against "
+        f"{_n(_total_cpu(one), 3)} ms).",
+        f"All three nodes run on this one machine's {cores} cores, so the row shows what "
+        "coordinating them costs (every job parked, then claimed by one node's mule; every "
+        "notification wakes each node's mule), not what nodes on machines of their own "
+        "would add.",
+    ]
+    return [
+        "",
+        "## Three spooler nodes against one (PostgreSQL, one machine, disk)",
+        "",
+        "| | 1 node (kit-pg) | 3 nodes (kit-pg-3) | 3 / 1 |",
+        "|---|---|---|---|",
+        *[f"| {what} | {a} | {b} | {ratio} |" for what, a, b, ratio in rows],
+        "",
+        " ".join(said),
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     core, ext = results["core"], results["extended"]
     machine, fs = results["machine"], results["filesystems"]
@@ -239,7 +309,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Main table",
         "",
-        "| system | fs | N | enqueue jobs/s | drain jobs/s | pickup p50 / p99 ms | CPU ms/job consumers + producer (+ store server) | promises |",
+        "| system | fs | N | enqueue jobs/s | drain jobs/s | pickup p50 / p99 ms | CPU ms/job consumers + producer (+ other + store server) | promises |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row, data in core.items():
@@ -250,9 +320,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_cpu(data)} | {results['promises'].get(key, '')} |"
         )  # fmt: skip
     lines += ["", "enqueue and drain: median of the trials; drain = N / (last job start - first enqueue), "
-              "consumers running while the producer enqueues. Store server: the CPU of PostgreSQL's "
-              "processes (kit-pg) or redis-server (the Redis peers) over the same trial.",
-              *postgres_vs_sqlite(results), "", "## Targets (this run)", "",
+              "consumers running while the producer enqueues. Other: the rest of the uWSGI "
+              "instances (every node's master, the kit's housekeeping mule, which on PostgreSQL "
+              "claims each job for its node's spoolers, and the idle spoolers of the kit's slow "
+              "queue). Store server: the CPU of PostgreSQL's processes (kit-pg, kit-pg-3) or "
+              "redis-server (the Redis peers) over the same trial.",
+              *postgres_vs_sqlite(results), *nodes_vs_one(results), "", "## Targets (this run)", "",
               "| target | measured | |", "|---|---|---|"]  # fmt: skip
     lines += [
         f"| {target} | {measured} | {verdict} |" for target, measured, verdict in targets(results)

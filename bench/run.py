@@ -29,6 +29,7 @@ from bench.uwsgi_bench import (
     KIT,
     KIT_NORMAL,
     KIT_PG,
+    KIT_PG_3,
     RAW,
     UWSGI_TASKS,
     UwsgiDriver,
@@ -37,9 +38,10 @@ from bench.uwsgi_bench import (
 )
 
 log = logging.getLogger("bench")
-UWSGI_SYSTEMS = [KIT, KIT_PG, KIT_NORMAL, RAW, UWSGI_TASKS]
+UWSGI_SYSTEMS = [KIT, KIT_PG, KIT_PG_3, KIT_NORMAL, RAW, UWSGI_TASKS]
 #: Every scale step, whatever it costs: the issue's targets are about these. The kit on
-#: PostgreSQL is compared with the kit on SQLite, and is budgeted like the peers.
+#: PostgreSQL (one node or three) is compared with the kit on SQLite, and is budgeted like
+#: the peers (three nodes with a budget of their own, Plan.nodes_step_budget).
 EVERY_STEP = {"kit", "kit-normal", "raw", "uwsgi-tasks"}
 ON_BOTH_FILESYSTEMS = {"kit", "raw"}
 #: Drained with idle and with busy web workers: (row, system, extra environment).
@@ -67,14 +69,18 @@ class Plan:
     step_budget: float  # skip a scale step expected to take longer than this (seconds)
     load_n: int  # backlog drained with idle, then busy, web workers
     load_window: float  # seconds
+    #: The step budget of a system of several uWSGI instances (kit-pg-3): smaller in
+    #: --quick, where it would otherwise add minutes to a CI-sized run.
+    nodes_step_budget: float
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 1.0, 300, 1, 10, 1, 2, (200, 1000), 1000, 10, 300, 30.0, 500, 2.0)
+            return cls(True, 1.0, 300, 1, 10, 1, 2, (200, 1000), 1000, 10, 300, 30.0, 500, 2.0,
+                       8.0)  # fmt: skip
         return cls(
             False, 5.0, 5000, 3, 100, 3, 10, (1000, 10_000, 100_000), 100_000, 50, 10_000, 45.0,
-            10_000, 8.0,
+            10_000, 8.0, 45.0,
         )  # fmt: skip
 
 
@@ -95,13 +101,15 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
     """Burst tail, HTTP enqueue (uWSGI systems), backlogs, far-future backlog, RSS."""
     out: dict[str, Any] = {}
     enqueue, drain = rates["enqueue_per_s"], rates["drain_per_s"]
+    several = isinstance(driver, UwsgiDriver) and len(driver.nodes) > 1
+    budget = plan.nodes_step_budget if several else plan.step_budget
 
     def affordable(seconds: float) -> bool:
         # The kit on SQLite and the raw systems always run every step: the targets
         # are about them, and they take minutes. The budget keeps the slow peers
         # (RQ forks a process per job), and the kit on PostgreSQL, from stretching
         # the run past 20 minutes.
-        return driver.key in EVERY_STEP or seconds <= plan.step_budget
+        return driver.key in EVERY_STEP or seconds <= budget
 
     def cost(n: int) -> float:  # expected seconds to queue and drain n jobs
         return n / enqueue + n / drain
@@ -119,7 +127,7 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
             if affordable(cost(n)):
                 out["backlog"][str(n)] = measure.backlog(n)
             else:
-                out["backlog"][str(n)] = {"skipped": f"would take ~{cost(n) / 60:.0f} min"}
+                out["backlog"][str(n)] = {"skipped": f"would take ~{_duration(cost(n))}"}
         out["consumer_rss_mib"] = {"before": rss_before, "after": measure.consumer_rss()}
         if driver.key == "uwsgi-tasks":
             out["far"] = {"skipped": "uwsgi-tasks has no per-call at"}
@@ -129,11 +137,16 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
             far["backlog"] = measure.backlog(plan.beside)
             out["far"] = far
         else:
-            minutes = (plan.far / enqueue + cost(plan.beside)) / 60
-            out["far"] = {"skipped": f"would take ~{minutes:.0f} min"}
+            seconds = plan.far / enqueue + cost(plan.beside)
+            out["far"] = {"skipped": f"would take ~{_duration(seconds)}"}
     finally:
         driver.stop()
     return out
+
+
+def _duration(seconds: float) -> str:
+    """'40 s' or '3 min': a skipped step's expected length (a budget may be seconds)."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def web_load(plan: Plan, disk: Path, only: set[str]) -> dict[str, Any]:
@@ -169,9 +182,10 @@ def peer_failure_recorded(driver: Driver, step: str, errors: dict[str, str]) -> 
 
 
 def start_postgres(disk: Path) -> PostgresCluster:
-    """The kit-pg system's server: PostgreSQL's durable defaults (fsync, synchronous_commit,
-    full_page_writes on), data directory on the same disk as the SQLite kit's store,
-    a unix socket. Stopped by pid (``close()``) when the run ends, failed or not."""
+    """The kit-pg and kit-pg-3 systems' server: PostgreSQL's durable defaults (fsync,
+    synchronous_commit, full_page_writes on), data directory on the same disk as the
+    SQLite kit's store, a unix socket. Stopped by pid (``close()``) when the run ends,
+    failed or not."""
     disk.mkdir(parents=True, exist_ok=True)
     cluster = PostgresCluster(DURABLE, parent=disk, timeout=60)
     try:
@@ -202,6 +216,11 @@ def measure_all(drivers: list[tuple[str, Driver]], plan: Plan, results: dict[str
         results["filesystems"]["tmpfs" if "@tmpfs" in row else "disk"] = fs_of(base.parent)
         results["labels"][driver.key] = driver.label
         results["promises"][driver.key] = driver.promises
+        if isinstance(driver, UwsgiDriver):
+            results["shapes"][driver.key] = {
+                "nodes": driver.system.nodes,
+                "spoolers_per_node": driver.system.spoolers,
+            }
         with peer_failure_recorded(driver, f"{row}: main table", results["errors"]):
             n = adapted_n(driver, plan)
             results["core"][row] = core(driver, n, plan.trials, plan.pickups)
@@ -286,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "web_load": {},
         "labels": {},
         "promises": {},
+        "shapes": {},  # uWSGI systems: instances (nodes) and spoolers per node
         "errors": {},
     }
 

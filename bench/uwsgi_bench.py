@@ -4,9 +4,16 @@ uwsgidecorators @spool, uwsgi-tasks.
 Each runs in its own uWSGI instance: 1 web worker (which runs the producer
 loop: uwsgi.spool() and the wake-up only exist there), 2 spoolers,
 spooler-frequency 1, request logging off. The kit runs on the repository's
-own uwsgi.ini ([spoolkit] section), so its settings are the kit's defaults.
-Its store is a SQLite file in the instance's directory, or, for ``kit-pg``, a
-fresh database on a PostgreSQL server the run started (``PostgresDatabase``).
+own uwsgi.ini (its default section: web workers and spoolers), so its
+settings are the kit's defaults. Its store is a SQLite file in the
+instance's directory, or, for ``kit-pg``, a fresh database on a PostgreSQL
+server the run started (``PostgresDatabase``).
+
+``kit-pg-3`` is three such instances on one fresh database: three spooler nodes
+of a multi-host deployment (each its own spool directory, ``SPOOLKIT_NODE``,
+HTTP port and stats address), all on this machine. The producer loop runs in
+the first node's web worker; the jobs are parked in PostgreSQL and each node's
+housekeeping mule claims them for its idle spoolers.
 """
 
 from __future__ import annotations
@@ -18,13 +25,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from bench.common import (
     REPO,
     cpu_seconds,
+    descendants,
     free_port,
     get_json,
     read_stats,
@@ -48,6 +58,8 @@ class UwsgiSystem:
     promises: str
     env: tuple[tuple[str, str], ...] = ()
     postgres: bool = False  # the store on the run's PostgreSQL server, not a SQLite file
+    nodes: int = 1  # uWSGI instances (spooler nodes) on one store: more than 1 needs postgres
+    spoolers: int = 2  # spooler processes of the jobs' queue, per node
 
 
 KIT = UwsgiSystem(
@@ -67,6 +79,12 @@ KIT_PG = UwsgiSystem(
     "job row committed with synchronous_commit=on (WAL fsynced) before 202; status, attempts "
     "and result kept",
     postgres=True,
+)  # fmt: skip
+KIT_PG_3 = UwsgiSystem(
+    "kit-pg-3", "spoolkit, PostgreSQL store, 3 nodes x 2 spoolers (6 in all, 1 machine)",
+    "bench.apps.kit_app:app", True, "/jobs", '{"task": "bench.noop", "args": [1]}',
+    "as kit-pg; each job claimed by one node (FOR UPDATE SKIP LOCKED) and spooled there",
+    postgres=True, nodes=3,
 )  # fmt: skip
 RAW = UwsgiSystem(
     "raw", "raw uWSGI spooler (uwsgidecorators @spool)", "bench.apps.raw_app:app", False,
@@ -91,6 +109,11 @@ class Store(Protocol):
         """Processes outside the instance doing the store's work (none for SQLite)."""
         ...
 
+    def waiting(self) -> int | None:
+        """Jobs queued or running that may have no spool file (parked in the store);
+        None where every such job has one (SQLite: the spool files say it all)."""
+        ...
+
 
 class SQLiteFile:
     """The kit's default: a SQLite file in the instance's spool directory (deleted
@@ -104,6 +127,9 @@ class SQLiteFile:
 
     def server_pids(self) -> list[int]:
         return []
+
+    def waiting(self) -> int | None:
+        return None
 
 
 class PostgresDatabase:
@@ -129,6 +155,74 @@ class PostgresDatabase:
         connections, the WAL writer, the checkpointer, autovacuum."""
         return self.cluster.processes()
 
+    def waiting(self) -> int | None:
+        """On PostgreSQL every job is parked in the store until a node claims it, so the
+        spool directories hold only the few claimed ones: count the rest here."""
+        assert self.name is not None
+        with self.cluster.connect(self.name) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM spoolkit_jobs WHERE state IN ('queued', 'running')"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+
+class UwsgiNode:
+    """One uWSGI instance of a system: its directory, spool directory, ports, process.
+    ``name`` is its SPOOLKIT_NODE (None: the kit's default, the host name)."""
+
+    def __init__(self, base: Path, name: str | None, ports: set[int]) -> None:
+        self.base = base
+        self.name = name
+        self.spool_dir = base / "spool" / "jobs"
+        self.port = self._port(ports)
+        self.stats_port = self._port(ports)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _port(taken: set[int]) -> int:
+        """A free port no other node of the system was given."""
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "uwsgi.log"
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stats(self) -> dict[str, Any]:
+        return read_stats(f"127.0.0.1:{self.stats_port}")
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.stats()["workers"]]
+
+    def consumer_pids(self) -> list[int]:
+        wanted = os.path.realpath(self.spool_dir)
+        try:
+            spoolers = self.stats().get("spoolers", [])
+        except OSError:
+            return []
+        return [
+            s["pid"]
+            for s in spoolers
+            if s.get("pid") and os.path.realpath(str(s.get("dir", ""))) == wanted
+        ]
+
+    def other_pids(self) -> list[int]:
+        """The instance's processes that are neither web workers nor the jobs' spoolers:
+        the master, the kit's housekeeping mule, the idle spoolers of its slow queue."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        try:
+            known = {*self.worker_pids(), *self.consumer_pids()}
+        except OSError:
+            return []
+        tree = [self.process.pid, *descendants(self.process.pid)]
+        return [pid for pid in tree if pid not in known]
+
 
 class UwsgiDriver:
     def __init__(
@@ -147,17 +241,29 @@ class UwsgiDriver:
             if postgres is None:
                 raise ValueError(f"{system.key} needs the run's PostgreSQL server (postgres=)")
             self.store = PostgresDatabase(postgres)
+        elif system.nodes > 1:
+            raise ValueError(f"{system.key}: several nodes share a PostgreSQL store only")
         self.workers = workers
         self.extra_env = {**dict(system.env), **(extra_env or {})}
-        self.record = str(base / "records.bin")
-        self.spool_dir = base / "spool" / "jobs"
-        self.port = free_port()
-        self.stats_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.record = str(base / "records.bin")  # every node's spoolers append to it
+        ports: set[int] = set()
+        if system.nodes == 1:
+            self.nodes = [UwsgiNode(base, None, ports)]
+        else:
+            self.nodes = [
+                UwsgiNode(base / f"node-{i}", f"bench-node-{i}", ports)
+                for i in range(1, system.nodes + 1)
+            ]
+        # The producer's node: every enqueue, HTTP request and web load goes to it.
+        self.front = self.nodes[0]
+        self.spool_dir = self.front.spool_dir
+        self.port = self.front.port
+        self.stats_port = self.front.stats_port
 
     # -- life cycle --------------------------------------------------------------
 
-    def command(self) -> list[str]:
+    def command(self, node: UwsgiNode | None = None) -> list[str]:
+        node = node or self.front
         uwsgi = str(Path(sys.executable).with_name("uwsgi"))
         common = ["--disable-logging", "--pythonpath", str(REPO)]
         if self.system.kit:
@@ -166,60 +272,83 @@ class UwsgiDriver:
             return [uwsgi, "--ini", ini, "--module", self.system.module, "--harakiri", "0", *common]
         return [
             uwsgi, "--master", "--need-app", "--die-on-term", "--module", self.system.module,
-            "--http-socket", f"127.0.0.1:{self.port}", "--processes", str(self.workers),
-            "--spooler", str(self.spool_dir), "--spooler-processes", "2",
+            "--http-socket", f"127.0.0.1:{node.port}", "--processes", str(self.workers),
+            "--spooler", str(node.spool_dir), "--spooler-processes", str(self.system.spoolers),
             "--spooler-frequency", "1", "--spooler-quiet",
-            "--stats", f"127.0.0.1:{self.stats_port}", *common,
+            "--stats", f"127.0.0.1:{node.stats_port}", *common,
         ]  # fmt: skip
 
     def start(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
-        (self.base / "spool").mkdir(parents=True)
+        for node in self.nodes:
+            (node.base / "spool").mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPOOLKIT_")}
         try:
             env.update(
                 BENCH_RECORD=self.record,
-                SPOOLKIT_HTTP=f"127.0.0.1:{self.port}",
-                SPOOLKIT_STATS=f"127.0.0.1:{self.stats_port}",
-                SPOOLKIT_SPOOL_DIR=str(self.spool_dir),
                 SPOOLKIT_DATABASE=self.store.create(self.base),
                 SPOOLKIT_WORKERS=str(self.workers),
+                SPOOLKIT_SPOOLERS=str(self.system.spoolers),
                 **self.extra_env,
             )
-            with open(self.base / "uwsgi.log", "wb") as log:  # the child keeps its own copy
-                self.process = subprocess.Popen(
-                    self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )  # fmt: skip
-            wait_for(self._up, 60, f"{self.key} to start")
+            # Several nodes start one after another, each once the one before answers:
+            # a node's start-up creates the store's schema, and on PostgreSQL that
+            # (ALTER TABLE ... ADD COLUMN IF NOT EXISTS, an exclusive lock each time)
+            # once deadlocked with a node that was already claiming jobs, and the
+            # starting node exited. An idle neighbour makes that rarer, not impossible.
+            for node in self.nodes:
+                node_env = {
+                    **env,
+                    "SPOOLKIT_HTTP": f"127.0.0.1:{node.port}",
+                    "SPOOLKIT_STATS": f"127.0.0.1:{node.stats_port}",
+                    "SPOOLKIT_SPOOL_DIR": str(node.spool_dir),
+                    **({"SPOOLKIT_NODE": node.name} if node.name else {}),
+                }
+                with open(node.log_path, "wb") as log:  # the child keeps its own copy
+                    node.process = subprocess.Popen(
+                        self.command(node), cwd=REPO, env=node_env, stdout=log,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    )  # fmt: skip
+                wait_for(partial(self._node_up, node), 60, f"{self._which(node)} to start")
         except BaseException:
             self.stop()
             raise
 
-    def _up(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(
-                f"{self.key} exited:\n{(self.base / 'uwsgi.log').read_text()[-3000:]}"
-            )
+    def _which(self, node: UwsgiNode) -> str:
+        return f"{self.key} ({node.name})" if node.name else self.key
+
+    def _node_up(self, node: UwsgiNode) -> bool:
+        assert node.process is not None
+        if node.process.poll() is not None:
+            raise RuntimeError(f"{self._which(node)} exited:\n{node.log_path.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(self.url("/bench/one?i=-1"), timeout=2):
-                return len(self.consumer_pids()) == 2
+            with urllib.request.urlopen(node.url("/bench/one?i=-1"), timeout=2):
+                return len(node.consumer_pids()) == self.system.spoolers
         except OSError:
             return False
 
     def stop(self) -> None:
         try:
-            if self.process is not None:
-                stop_tree(self.process)
-                self.process = None
+            running = [node.process for node in self.nodes if node.process is not None]
+            if len(running) > 1:  # the nodes stop side by side (each may take a second)
+                with ThreadPoolExecutor(len(running)) as pool:
+                    list(pool.map(stop_tree, running))
+            elif running:
+                stop_tree(running[0])
+            for node in self.nodes:
+                node.process = None
         finally:
             self.store.drop()
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The producer node's uWSGI master."""
+        return self.front.process
 
     # -- the Driver interface ---------------------------------------------------------
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return self.front.url(path)
 
     def enqueue_many(self, first: int, n: int) -> tuple[float, float, float]:
         workers = self.worker_pids()
@@ -241,33 +370,36 @@ class UwsgiDriver:
         return self.store.server_pids()
 
     def consumer_pids(self) -> list[int]:
-        """The spoolers of the spool directory the bench's jobs go to. The kit's uwsgi.ini
-        also runs the spoolers of its "slow" queue, idle here: not consumers."""
-        wanted = os.path.realpath(self.spool_dir)
-        try:
-            spoolers = self.stats().get("spoolers", [])
-        except OSError:
-            return []
-        return [
-            s["pid"]
-            for s in spoolers
-            if s.get("pid") and os.path.realpath(str(s.get("dir", ""))) == wanted
-        ]
+        """The spoolers of the spool directory the bench's jobs go to, on every node. The
+        kit's uwsgi.ini also runs the spoolers of its "slow" queue, idle here: not
+        consumers (they are among ``other_pids``)."""
+        return [pid for node in self.nodes for pid in node.consumer_pids()]
+
+    def other_pids(self) -> list[int]:
+        """Every node's master, housekeeping mule (the kit's; on PostgreSQL it claims each
+        job for its node's spoolers) and idle slow-queue spoolers."""
+        return [pid for node in self.nodes for pid in node.other_pids()]
 
     # -- uWSGI specifics -----------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return read_stats(f"127.0.0.1:{self.stats_port}")
+        return self.front.stats()
 
     def worker_pids(self) -> list[int]:
-        return [w["pid"] for w in self.stats()["workers"]]
+        """Every node's web workers (only the producer node's has work here)."""
+        return [pid for node in self.nodes for pid in node.worker_pids()]
 
     def spool_files(self) -> list[str]:
         return [
             p.name
-            for p in self.spool_dir.rglob("uwsgi_spoolfile_on_*")
+            for node in self.nodes
+            for p in node.spool_dir.rglob("uwsgi_spoolfile_on_*")
             if "quarantine" not in p.parts
         ]
+
+    def drained(self) -> bool:
+        """No job left to run: no spool file, and none parked in the store."""
+        return not self.spool_files() and not self.store.waiting()
 
     def web_load(self, seconds: float, connections: int) -> subprocess.Popen[bytes]:
         """Keep the web workers busy with 5 ms-of-CPU requests (wrk in the background)."""
@@ -304,7 +436,7 @@ class UwsgiDriver:
         elapsed = float(requests.group(2)) * (60 if requests.group(3) == "m" else 1)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-        wait_for(lambda: not self.spool_files(), 600, "wrk's jobs to drain", interval=0.2)
+        wait_for(self.drained, 600, "wrk's jobs to drain", interval=0.2)
         return {
             "requests_per_s": int(requests.group(1)) / elapsed,
             "p50": latency.get("50", "?"),

@@ -111,6 +111,10 @@ class SpoolerRunner:
         #: housekeeper claims them for its idle spoolers (see ``store.SharedStore``).
         self.node = config.node if isinstance(store, SharedStore) else None
         self.parking = Parking(config.spool_ahead, everything=self.node is not None)
+        #: Spoolers per queue as uwsgi.ini sizes them (``spooler-processes``): what a
+        #: spooler refills its queue up to (see ``_refill``).
+        processes = runtime.uwsgi_option("spooler-processes") or "1"
+        self.per_queue = max(1, int(processes)) if processes.isdigit() else 1
         self.host = runtime.UwsgiHost()
         self.nice = config.spooler_nice
         #: How long a staged file waits for its row (see ``stage``), in seconds.
@@ -277,6 +281,7 @@ class SpoolerRunner:
             envelope.job_id, delivery, envelope.task, envelope.args, envelope.kwargs
         )
         hand_over(self, step.follow_ups)
+        self._refill(queue)
         if step.verdict is Verdict.QUARANTINE:
             return self._quarantine(directory, name, step.reason)
         if step.verdict is Verdict.AGAIN:
@@ -284,6 +289,25 @@ class SpoolerRunner:
                 dispatcher.postpone(directory, name, step.at)
             return dispatcher.SPOOL_RETRY
         return dispatcher.SPOOL_OK
+
+    def _refill(self, queue: str) -> None:
+        """Where nodes claim jobs: this spooler is about to be free, so claim the
+        queue's next jobs for this node now (up to its spoolers, minus those it holds)
+        and spool them here. Without this every job would wait for the mule to be
+        woken and to claim it; the mule still claims on every tick and notification."""
+        store = self.store
+        if self.node is None or not isinstance(store, SharedStore):
+            return
+        now = time.time()
+        try:
+            claimed = store.claim_parked(
+                self.node, None, {queue: self.per_queue}, now + 0.5, now,
+                lambda job: self.delivery_for(job.id, job.priority, now), self.tasks(),
+            )  # fmt: skip
+            for job, payload in claimed:
+                self.submit(job, payload)
+        except Exception as exc:  # the mule's next tick claims them: never fail the job
+            log.warning("queue %s: claiming the next jobs failed: %s", queue, exc)
 
     def _quarantine(self, directory: str, name: str, reason: str) -> int:
         """Keep a copy in the quarantine of the queue the file was found in."""

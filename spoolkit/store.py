@@ -310,7 +310,7 @@ class SharedStore(Store, Protocol):
     def claim_parked(
         self,
         node: str,
-        epoch: int,
+        epoch: int | None,
         capacity: Mapping[str, int],
         until: float,
         now: float,
@@ -324,7 +324,8 @@ class SharedStore(Store, Protocol):
         running); lowest priority number first (none last), then soonest due; rows
         another node is claiming are skipped. Each gets ``deliver(job)`` as its spool
         file. The jobs with their payloads; ``NodeFenced`` if ``epoch`` is no longer
-        the node's."""
+        the node's. ``epoch=None`` (a spooler of the node refilling what it just freed)
+        claims under the node's epoch as it is, and nothing before it registered."""
         ...
 
     def take_back(self, stale_after: float, now: float, exclude: str) -> list[Job]:

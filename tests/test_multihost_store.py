@@ -450,28 +450,27 @@ def test_wait_wakes_when_another_host_parks_a_job(
     assert row(host_a, "parked").spool_file is None
 
 
-def test_wait_wakes_when_a_spooler_of_a_node_is_freed(
+def test_a_spooler_refills_under_its_nodes_current_epoch(
     host_a: PostgresStore, host_b: PostgresStore
 ) -> None:
+    """A spooler that just finished claims its queue's next jobs itself (``epoch=None``):
+    under its node's epoch as it is now, within the node's room, and nothing for a node
+    that never registered."""
+    assert claim_as_spooler(host_a, "nobody") == []
     epoch = host_a.register("A", "host-a", THIS_RUN, 100.0)
-    park(host_a, "job")
-    assert claim(host_a, "A", epoch, {"default": 1}) == ["job"]
-    assert start(host_a, "job", "A")[0] is ClaimAction.RUN
-    host_b.wait(0.01)  # listening from here on (the job was parked before)
+    for i, job_id in enumerate(("one", "two", "three")):
+        park(host_b, job_id, created_at=100.0 + i)
+    assert claim_as_spooler(host_a, "A") == ["one", "two"]  # room: 2 spoolers
+    assert {row(host_a, j).node_epoch for j in ("one", "two")} == {epoch}
+    assert claim_as_spooler(host_a, "A") == []  # both held: no room
+    again = host_a.register("A", "host-a", THIS_RUN, 101.0)  # a restart took them back
+    assert claim_as_spooler(host_a, "A") == ["one", "two"]  # the oldest first again
+    assert {row(host_a, j).node_epoch for j in ("one", "two")} == {again}
 
-    def finish() -> None:
-        assert host_a.finish("job", 77, 220.0, result="1", node="A", epoch=epoch)
 
-    later = threading.Timer(0.3, finish)
-    began = time.monotonic()
-    later.start()
-    try:
-        host_b.wait(5.0)
-    finally:
-        later.join()
-    waited = time.monotonic() - began
-    assert waited < 2.5, f"wait(5) took {waited:.2f} s: the freed spooler was not announced"
-    assert row(host_b, "job").state is JobState.SUCCEEDED
+def claim_as_spooler(store: PostgresStore, node: str) -> list[str]:
+    claimed = store.claim_parked(node, None, {"default": 2}, UNTIL, 200.0, deliver, TASKS)
+    return [job.id for job, _ in claimed]
 
 
 def test_wait_lasts_its_timeout_when_no_job_became_claimable(
@@ -533,3 +532,14 @@ def test_a_node_claims_only_the_tasks_it_can_run(host_a: PostgresStore) -> None:
     later = host_a.claim_parked("A", epoch, {"default": 10}, UNTIL, 201.0, deliver,
                                 [*TASKS, "tasks.added_later"])  # fmt: skip
     assert [job.id for job, _ in later] == ["new"]
+
+
+def test_a_node_starting_beside_busy_nodes_takes_no_table_lock(pg_dsn: str) -> None:
+    """Setting up a store whose schema is current changes nothing, so it never waits
+    for (or deadlocks with) another node's open transaction on the jobs table."""
+    with psycopg.connect(pg_dsn) as busy:
+        busy.execute("LOCK TABLE spoolkit_jobs IN ROW EXCLUSIVE MODE")  # a claim in flight
+        started = time.monotonic()
+        PostgresStore(pg_dsn, timeout=3.0).setup()
+        assert time.monotonic() - started < 2.0
+        busy.rollback()
