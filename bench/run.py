@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.broker_bench import PEERS, BrokerDriver, RedisServer
-from bench.common import fs_of
+from bench.common import fs_of, wait_for
 from bench.measure import Driver, Measure, core
 from bench.pgserver import DURABLE, PostgresCluster
 from bench.render import render
@@ -72,15 +72,17 @@ class Plan:
     #: The step budget of a system of several uWSGI instances (kit-pg-3): smaller in
     #: --quick, where it would otherwise add minutes to a CI-sized run.
     nodes_step_budget: float
+    #: Jobs enqueued one at a time, then in batches (the kit's bulk enqueue step).
+    bulk_n: int
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 1.0, 300, 1, 10, 1, 2, (200, 1000), 1000, 10, 300, 30.0, 500, 2.0,
-                       8.0)  # fmt: skip
+                       8.0, 1000)  # fmt: skip
         return cls(
             False, 5.0, 5000, 3, 100, 3, 10, (1000, 10_000, 100_000), 100_000, 50, 10_000, 45.0,
-            10_000, 8.0, 45.0,
+            10_000, 8.0, 45.0, 5000,
         )  # fmt: skip
 
 
@@ -139,9 +141,31 @@ def extended(driver: Driver, plan: Plan, rates: dict[str, float]) -> dict[str, A
         else:
             seconds = plan.far / enqueue + cost(plan.beside)
             out["far"] = {"skipped": f"would take ~{_duration(seconds)}"}
+        if isinstance(driver, UwsgiDriver) and driver.system.kit:
+            out["bulk"] = bulk_enqueue(driver, plan)
     finally:
         driver.stop()
     return out
+
+
+#: Jobs per ``task.map`` call in the bulk enqueue step.
+BATCH = 100
+
+
+def bulk_enqueue(driver: UwsgiDriver, plan: Plan) -> dict[str, Any]:
+    """The same N enqueued one ``delay()`` at a time, then ``BATCH`` per ``task.map``,
+    back to back on the same instance and disk, each drained before the next."""
+    n = plan.bulk_n
+    figures: dict[str, Any] = {"n": n, "batch": BATCH}
+    for step, first, enqueue in (
+        ("single", 50_000_000, lambda first: driver.enqueue_many(first, n)),
+        ("batched", 60_000_000, lambda first: driver.enqueue_batched(first, n, BATCH)),
+    ):
+        t0, t1, cpu = enqueue(first)
+        figures[step] = {"per_s": n / (t1 - t0), "cpu_ms_per_job": cpu * 1000 / n}
+        wait_for(driver.drained, 600, f"the {step} jobs to drain", interval=0.2)
+    figures["ratio"] = figures["batched"]["per_s"] / figures["single"]["per_s"]
+    return figures
 
 
 def _duration(seconds: float) -> str:

@@ -356,6 +356,15 @@ class UwsgiDriver:
         answer = get_json(self.url(f"/bench/enqueue?n={n}&start={first}"), timeout=1800)
         return answer["t0"], answer["t1"], cpu_seconds(workers) - before
 
+    def enqueue_batched(self, first: int, n: int, size: int) -> tuple[float, float, float]:
+        """Like ``enqueue_many``, ``size`` jobs per ``task.map`` (the kit only)."""
+        workers = self.worker_pids()
+        before = cpu_seconds(workers)
+        answer = get_json(
+            self.url(f"/bench/enqueue_batch?n={n}&start={first}&size={size}"), timeout=1800
+        )
+        return answer["t0"], answer["t1"], cpu_seconds(workers) - before
+
     def enqueue_one(self, i: int) -> float:
         return float(get_json(self.url(f"/bench/one?i={i}"))["t0"])
 

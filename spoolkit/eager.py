@@ -4,7 +4,7 @@ included, ignoring ``at``/``countdown``. For tests and debugging, never for prod
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -15,10 +15,10 @@ from .followups import FollowUps
 from .job import Job
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over, stage_each
+from .runner import Deferred, Handoff, hand_over
 from .runtime import ProcessHost
 from .schedule import Parking
-from .store import NewJob, Store
+from .store import Store
 from .worker import Verdict, Worker
 
 log = logging.getLogger("spoolkit.eager")
@@ -73,9 +73,6 @@ class EagerRunner:
     ) -> Handoff:
         """Run the job at ``commit``, once its row exists."""
         return Deferred(lambda: self._run(job_id, task, payload))
-
-    def stage_many(self, jobs: Sequence[NewJob]) -> Handoff:
-        return stage_each(self, jobs)
 
     def submit(self, job: Job, payload: str) -> None:
         self._run(job.id, job.task, payload)

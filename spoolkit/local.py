@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +25,10 @@ from .followups import FollowUps
 from .job import Job
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over, stage_each
+from .runner import Deferred, Handoff, hand_over
 from .runtime import ProcessHost, runner_alive
 from .schedule import Parking
-from .store import NewJob, Store
+from .store import Store
 from .worker import Verdict, Worker
 
 log = logging.getLogger("spoolkit.local")
@@ -118,9 +118,6 @@ class LocalRunner:
         queued = _Delivery((priority if priority is not None else 100, next(self._seq)),
                            job_id, delivery or "", task, args, kwargs)  # fmt: skip
         return Deferred(lambda: self._put(queued, run_at))
-
-    def stage_many(self, jobs: Sequence[NewJob]) -> Handoff:
-        return stage_each(self, jobs)
 
     def submit(self, job: Job, payload: str) -> None:
         self.stage(job.id, job.task, job.spool_file, payload, job.scheduled_for,

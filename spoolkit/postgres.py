@@ -78,7 +78,7 @@ log = logging.getLogger("spoolkit.store")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     id TEXT PRIMARY KEY,
@@ -168,6 +168,10 @@ ALTER TABLE spoolkit_nodes ADD COLUMN IF NOT EXISTS epoch INTEGER NOT NULL DEFAU
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_unclaimed ON spoolkit_jobs
     (queue, (priority IS NULL), priority, (COALESCE(scheduled_for, created_at)))
     WHERE spool_file IS NULL AND state IN ('queued', 'scheduled');
+-- Parked jobs as one host's housekeeper spools them (due_parked).
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_waiting_parked ON spoolkit_jobs
+    ((COALESCE(scheduled_for, created_at))) WHERE spool_file IS NULL
+    AND state IN ('queued', 'scheduled');
 -- What a node holds (claimed or running), for its count of idle spoolers and takeover.
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_node ON spoolkit_jobs (node, queue)
     WHERE node IS NOT NULL AND state IN ('queued', 'scheduled', 'running');

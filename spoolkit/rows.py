@@ -370,7 +370,7 @@ class SQLStore:
     ) -> list[Job]:
         """Unfinished jobs untouched since ``updated_before``, in id order after ``after_id``.
 
-        Parked jobs (scheduled, no spool file yet) are left out: ``due_parked`` finds them.
+        Parked jobs (waiting, no spool file yet) are left out: ``due_parked`` finds them.
         With ``node`` (several hosts share the store): only the jobs that node claimed
         and those no node did that have a delivery (a CLI's), never another node's,
         and no unclaimed job (every node claims those).
@@ -382,16 +382,19 @@ class SQLStore:
         rows = self._read(
             f"SELECT {COLUMNS} FROM spoolkit_jobs "
             f"WHERE id > ? AND state NOT IN ({finished_marks}) AND updated_at < ? {scope}"
-            "AND NOT (state = 'scheduled' AND spool_file IS NULL) ORDER BY id LIMIT ?",
+            "AND NOT (state IN ('queued', 'scheduled') AND spool_file IS NULL) "
+            "ORDER BY id LIMIT ?",
             [after_id, *finished, updated_before, *scoped, limit],
         )
         return [row_to_job(row) for row in rows]
 
     def due_parked(self, until: float, limit: int) -> list[Job]:
-        """Parked jobs (scheduled, no spool file) due by ``until``, soonest first."""
+        """Parked jobs (waiting, no spool file: scheduled far ahead, or of a batch) due
+        by ``until``, soonest first."""
         rows = self._read(
-            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE state = 'scheduled' "
-            "AND spool_file IS NULL AND scheduled_for <= ? ORDER BY scheduled_for LIMIT ?",
+            f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE state IN ('queued', 'scheduled') "
+            "AND spool_file IS NULL AND COALESCE(scheduled_for, created_at) <= ? "
+            "ORDER BY COALESCE(scheduled_for, created_at) LIMIT ?",
             [until, limit],
         )
         return [row_to_job(row) for row in rows]

@@ -178,11 +178,6 @@ class Runner(Protocol):
         (one of ``queues``) says which of the runner's queues gets it."""
         ...
 
-    def stage_many(self, jobs: Sequence[NewJob]) -> Handoff:
-        """``stage`` for a batch: everything staged, or nothing (what was staged is
-        undone before the error); ``commit`` lets them all run, waking the runner once."""
-        ...
-
     def submit(self, job: Job, payload: str) -> None:
         """Hand over a job whose row already names ``job.spool_file`` (the housekeeper's
         recovery), to its queue, ``job.queue``; ``SpoolWriteError`` if that failed (the

@@ -137,6 +137,10 @@ class Parking:
     #: Park every job, due or not: where nodes claim jobs from a shared store, a job
     #: waits in the store until a node with an idle spooler claims it.
     everything: bool = False
+    #: Park the jobs of a batch (``enqueue_many``), whatever their time: the batch is one
+    #: transaction and writes no spool file; the housekeeper spools its jobs within a
+    #: tick, off the request, so a batch is recorded at the store's speed.
+    batches: bool = False
 
     def parks(self, run_at: float | None, now: float) -> bool:
         if self.everything:

@@ -37,7 +37,7 @@ from .job import Job, new_job_id
 from .queues import DEFAULT_QUEUE, check_configured, validate_queue
 from .registry import TaskRegistry
 from .retry import RetryPolicy
-from .runner import Runner, delivery_of, hand_over
+from .runner import Runner, delivery_of, hand_over, stage_each
 from .schedule import resolve_run_at, validate_priority
 from .states import FINISHED, JobState
 from .store import HOUSEKEEPER_BEAT, NewJob, QueueCounts, Store
@@ -170,11 +170,11 @@ class JobService:
             try:
                 if options.get("key") is not None:
                     raise ValueError("a job of a batch cannot carry an idempotency key")
-                news.append(self._new_job(call, now, **options))
+                news.append(self._new_job(call, now, in_batch=True, **options))
             except (EncodeError, InvalidSchedule, ConfigurationError, TypeError,
                     ValueError) as exc:  # fmt: skip
                 raise BatchItemError(index, exc) from exc
-        handoff = self.runner.stage_many(news)
+        handoff = stage_each(self.runner, news)
         try:
             jobs = self.store.insert_many(news)
         except BaseException:
@@ -201,9 +201,11 @@ class JobService:
         key: object = None,
         timeout: object = None,
         queue: object = None,
+        in_batch: bool = False,
     ) -> NewJob:
         """The job a call with these options makes, every option checked, its delivery
-        named (``None``: parked). Raises before anything is staged or stored."""
+        named (``None``: parked; a batch's job is parked where the runner parks batches).
+        Raises before anything is staged or stored."""
         success = self._callback_task(on_success, call.on_success, "on_success")
         failure = self._callback_task(on_failure, call.on_failure, "on_failure")
         url = self._callback_url(callback_url)
@@ -227,7 +229,8 @@ class JobService:
             priority=checked_priority,
             created_at=now,
             run_at=run_at,
-            spool_file=delivery_of(self.runner, job_id, checked_priority, run_at, now),
+            spool_file=None if in_batch and self.runner.parking.batches
+            else delivery_of(self.runner, job_id, checked_priority, run_at, now),
             origin=call.origin,
             on_success=success,
             on_failure=failure,

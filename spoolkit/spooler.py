@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -28,10 +28,10 @@ from .job import Job
 from .local import is_local_delivery, local_delivery_alive
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, Handoffs, delivery_of, hand_over
+from .runner import Deferred, Handoff, delivery_of, hand_over
 from .schedule import Parking, spool_mtime
 from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
-from .store import NewJob, SharedStore, Store
+from .store import SharedStore, Store
 from .worker import Verdict, Worker
 
 log = logging.getLogger("spoolkit.spooler")
@@ -43,14 +43,10 @@ TORN_AFTER = 5.0
 
 
 class _StagedFile:
-    def __init__(
-        self, directory: SpoolDirectory, relative: str, due: int | None, wake: bool = True
-    ) -> None:
+    def __init__(self, directory: SpoolDirectory, relative: str, due: int | None) -> None:
         self.directory = directory
         self.relative = relative
         self.due = due
-        #: Wake the spoolers at ``commit`` (a batch wakes them once, after its last file).
-        self.wake = wake
 
     def commit(self) -> None:
         try:
@@ -60,26 +56,12 @@ class _StagedFile:
         except OSError as exc:
             log.error("staged spool file %s: cannot make it due (%s); it runs when its "
                       "hold ends", self.relative, exc.strerror)  # fmt: skip
-        if self.wake:
-            self.directory.wake()
+        self.directory.wake()
 
     def abort(self) -> None:
         if not self.directory.remove_unclaimed(self.relative):
             log.warning("staged spool file %s is held by a spooler, which will find no job "
                         "for it and quarantine it", self.relative)  # fmt: skip
-
-
-class _Batch(Handoffs):
-    """A batch's staged files, and the directories whose spoolers to wake once."""
-
-    def __init__(self, parts: Sequence[Handoff], directories: Sequence[SpoolDirectory]) -> None:
-        super().__init__(parts)
-        self.directories = directories
-
-    def commit(self) -> None:
-        super().commit()
-        for directory in self.directories:
-            directory.wake()
 
 
 class SpoolerRunner:
@@ -110,7 +92,8 @@ class SpoolerRunner:
         #: Several hosts share the store: every job is parked and this node's
         #: housekeeper claims them for its idle spoolers (see ``store.SharedStore``).
         self.node = config.node if isinstance(store, SharedStore) else None
-        self.parking = Parking(config.spool_ahead, everything=self.node is not None)
+        self.parking = Parking(config.spool_ahead, everything=self.node is not None,
+                               batches=True)  # fmt: skip
         #: Spoolers per queue as uwsgi.ini sizes them (``spooler-processes``): what a
         #: spooler refills its queue up to (see ``_refill``).
         processes = runtime.uwsgi_option("spooler-processes") or "1"
@@ -188,33 +171,6 @@ class SpoolerRunner:
         the spoolers, ``abort`` removes it. A web worker that dies in between leaves a
         file that runs when the hold ends; a row that took longer than the hold finds its
         file quarantined by a spooler (no job yet) and the housekeeper spools it again."""
-        return self._stage(job_id, task, delivery, payload, run_at, queue, wake=True)
-
-    def stage_many(self, jobs: Sequence[NewJob]) -> Handoff:
-        """Every file written not yet due; ``commit`` makes them due, then wakes each
-        queue's spoolers once (not once per job: each wake makes them rescan)."""
-        staged: list[Handoff] = []
-        try:
-            for new in jobs:
-                staged.append(self._stage(new.id, new.task, new.spool_file, new.payload,
-                                          new.run_at, new.queue, wake=False))  # fmt: skip
-        except BaseException:
-            Handoffs(staged).abort()
-            raise
-        queues = {new.queue for new in jobs if new.spool_file is not None}
-        return _Batch(staged, [self._directory(queue) for queue in sorted(queues)])
-
-    def _stage(
-        self,
-        job_id: str,
-        task: str,
-        delivery: str | None,
-        payload: str,
-        run_at: float | None,
-        queue: str,
-        *,
-        wake: bool,
-    ) -> Handoff:
         if delivery is None:
             return Deferred()  # parked: the housekeeper spools it when it is nearly due
         now = time.time()
@@ -223,7 +179,7 @@ class SpoolerRunner:
         entries, body = to_spool_entries(job_id, task, payload)
         directory = self._directory(queue)
         directory.write(delivery, entries, body, staged, wake=False)
-        return _StagedFile(directory, delivery, due if due < staged else None, wake=wake)
+        return _StagedFile(directory, delivery, due if due < staged else None)
 
     def submit(self, job: Job, payload: str) -> None:
         if job.spool_file is None:

@@ -57,7 +57,7 @@ from .store import FollowUp, NewJob
 log = logging.getLogger("spoolkit.store")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _TABLES = """
 CREATE TABLE IF NOT EXISTS spoolkit_jobs (
     id TEXT PRIMARY KEY,
@@ -134,6 +134,9 @@ CREATE INDEX IF NOT EXISTS spoolkit_jobs_created ON spoolkit_jobs (created_at);
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_state ON spoolkit_jobs (state, updated_at);
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_parked ON spoolkit_jobs (scheduled_for)
     WHERE state = 'scheduled' AND spool_file IS NULL;
+CREATE INDEX IF NOT EXISTS spoolkit_jobs_waiting_parked ON spoolkit_jobs
+    (COALESCE(scheduled_for, created_at)) WHERE spool_file IS NULL
+    AND state IN ('queued', 'scheduled');
 CREATE INDEX IF NOT EXISTS spoolkit_jobs_parent ON spoolkit_jobs (parent_id)
     WHERE parent_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS spoolkit_jobs_key ON spoolkit_jobs (idempotency_key)

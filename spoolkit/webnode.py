@@ -11,7 +11,7 @@ that went silent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
@@ -22,10 +22,10 @@ from .followups import FollowUps
 from .job import Job
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over, stage_each
+from .runner import Deferred, Handoff, hand_over
 from .schedule import Parking
 from .spoolfile import spool_file_name
-from .store import NewJob, Store
+from .store import Store
 from .worker import Worker
 
 
@@ -75,9 +75,6 @@ class WebNodeRunner:
     ) -> Handoff:
         """Nothing to stage: the row, parked, is the whole job (its insert notifies)."""
         return Deferred()
-
-    def stage_many(self, jobs: Sequence[NewJob]) -> Handoff:
-        return stage_each(self, jobs)
 
     def submit(self, job: Job, payload: str) -> None:
         """Nothing to hand over: parked jobs are claimed by spooler nodes."""

@@ -362,7 +362,7 @@ def test_each_pass_records_this_node_with_its_spoolers(kit: Kit) -> None:
     nodes = kit.store.nodes(now + 1, 30)
     assert [(node.id, node.host) for node in nodes] == [(socket.gethostname(),) * 2]
     assert nodes[0].age == pytest.approx(1.0)
-    assert set(json.loads(nodes[0].figures)) == {"spoolers", "queues"}
+    assert set(json.loads(nodes[0].figures)) == {"spoolers", "queues", "instance"}
     assert kit.store.nodes(now + 31, 30) == []  # not seen for 30 s: no longer live
 
 

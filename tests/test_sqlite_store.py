@@ -37,7 +37,7 @@ def test_setup_is_private_and_idempotent(tmp_path: Path) -> None:
     store.setup()
     assert (tmp_path / "sub").stat().st_mode & 0o777 == 0o700
     assert os.stat(store.path).st_mode & 0o777 == 0o600
-    assert store.get_meta("schema") == "4"
+    assert store.get_meta("schema") == "5"
 
 
 def test_store_errors_are_named(tmp_path: Path) -> None:
@@ -125,4 +125,4 @@ def test_a_store_of_the_first_schema_gains_the_origin_column(tmp_path: Path) -> 
     store.setup()
     job = store.get("b" * 22)
     assert job is not None and job.origin == "spoolkit"
-    assert store.get_meta("schema") == "4"
+    assert store.get_meta("schema") == "5"

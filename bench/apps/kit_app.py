@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Flask
+from flask import Flask, request
 
 from spoolkit import SpoolKit, spool
 
@@ -33,3 +33,15 @@ add_routes(
     enqueue_at=lambda i, at: noop.apply_async((i,), at=at),
     enqueue_sleepy=sleepy.delay,
 )
+
+
+@app.get("/bench/enqueue_batch")
+def enqueue_batches() -> dict[str, float]:
+    """Bulk enqueue: ``n`` jobs from ``start``, ``size`` per ``noop.map`` call (each one
+    transaction, one fsync)."""
+    n, start = int(request.args["n"]), int(request.args.get("start", 0))
+    size = int(request.args.get("size", 100))
+    t0 = time.time()
+    for first in range(start, start + n, size):
+        noop.map([(i,) for i in range(first, min(first + size, start + n))])
+    return {"t0": t0, "t1": time.time()}
