@@ -2,8 +2,9 @@
 record every job of a batch in one transaction, or none of them.
 
 In-process (eager mode: each job runs at its commit) for the API's contract, and
-under a real uWSGI, where a batch's spool files are staged, made due together and
-the spoolers woken once, and on PostgreSQL with a web node and a spooler node.
+under a real uWSGI, where a batch is parked (no spool file in the request) and the
+housekeeping mule spools its jobs; tests/test_multihost_e2e.py posts one to a web
+node on PostgreSQL.
 """
 
 from __future__ import annotations

@@ -276,8 +276,10 @@ def test_payload_delete_meta_and_parked_jobs(store: Store) -> None:
     _new(store, "p" * 22, run_at=1000.0, spool_file=None)
     _new(store, "r" * 22, run_at=900.0, spool_file=None)
     _new(store, "s" * 22, run_at=800.0)  # spooled already: not parked
-    assert [job.id for job in store.due_parked(950.0, 10)] == ["r" * 22]
-    assert [job.id for job in store.due_parked(2000.0, 10)] == ["r" * 22, "p" * 22]
+    _new(store, "q" * 22, spool_file=None)  # queued, parked (a batch's): due since created
+    assert [job.id for job in store.due_parked(950.0, 10)] == ["q" * 22, "r" * 22]
+    assert [job.id for job in store.due_parked(2000.0, 10)] == ["q" * 22, "r" * 22, "p" * 22]
+    assert store.due_parked(50.0, 10) == []
     assert {job.id for job in store.unfinished("", 10, updated_before=1e12)} == {"s" * 22}
     store.checkpoint()
 
