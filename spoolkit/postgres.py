@@ -185,6 +185,8 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     pgerrors.DeadlockDetected,
     pgerrors.LockNotAvailable,
 )
+#: Another transaction was in the way (a lock wait past the timeout, a deadlock).
+_CONFLICTS = (pgerrors.SerializationFailure, pgerrors.DeadlockDetected, pgerrors.LockNotAvailable)
 # Connections inherited through fork() are never closed in the child (closing
 # would end the parent's session); they are parked here instead.
 _INHERITED: list[psycopg.Connection[Any]] = []
@@ -351,8 +353,18 @@ class PostgresStore(SQLStore):  # implements store.Store
         A schema already at this version is left alone: its ``ALTER TABLE`` would take
         the table's exclusive lock at every start, and deadlock with the claims of
         running nodes (seen once in 70 starts of three nodes). A lock conflict or
-        deadlock while setting up is tried again for ``timeout`` seconds."""
-        self._locked(self._setup)
+        deadlock while setting up is tried again for ``timeout`` seconds; a server that
+        cannot be reached fails the start at once (systemd starts it again)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self._setup()
+            except _CONFLICTS as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"cannot set up the job store {self.path}: {_first_line(exc)}"
+                    ) from exc
+                time.sleep(0.2)
 
     def _setup(self) -> None:
         try:
@@ -367,8 +379,8 @@ class PostgresStore(SQLStore):  # implements store.Store
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         (str(SCHEMA_VERSION),),
                     )
-        except _TRANSIENT:
-            raise  # _locked tries again
+        except _CONFLICTS:
+            raise  # setup() tries again
         except psycopg.Error as exc:
             raise StoreUnavailable(
                 f"cannot set up the job store {self.path}: {_first_line(exc)}"
