@@ -30,6 +30,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from .nginx import check_config, nginx_command, port_open, running
 from .support import REPO, UWSGI, Response, UwsgiServer, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -71,36 +72,10 @@ def nginx(production: UwsgiServer, tmp_path_factory: pytest.TempPathFactory) -> 
     site = site.replace("unix:/run/spoolkit/uwsgi.sock", f"unix:{production.socket_path}")
     site = site.replace("listen 80;", f"listen 127.0.0.1:{port};")
     site = site.replace("include uwsgi_params;", "include /etc/nginx/uwsgi_params;")
-    (base / "site.conf").write_text(site)
-    user = "user root;" if os.geteuid() == 0 else ""  # workers must reach the 0660 socket
-    temp_paths = " ".join(
-        f"{kind}_temp_path {base}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (base / "nginx.conf").write_text(
-        f"{user}\ndaemon off;\nworker_processes 1;\npid {base}/nginx.pid;\n"
-        f"error_log {base}/error.log;\nevents {{ worker_connections 64; }}\n"
-        f"http {{ access_log {base}/access.log; {temp_paths}\n include {base}/site.conf; }}\n"
-    )
-    command = [tool("nginx"), "-p", str(base), "-c", str(base / "nginx.conf")]
-    check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
-    assert check.returncode == 0, check.stderr
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _port_open(port), 15, "nginx to listen")
+    command = nginx_command(tool("nginx"), base, site)
+    check_config(command)
+    with running(command, port):
         yield port
-    finally:
-        process.send_signal(signal.SIGQUIT)  # nginx: graceful shutdown
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _http(port: int, method: str, path: str, body: bytes | None = None) -> Response:
@@ -360,7 +335,7 @@ def test_prometheus_scrapes_a_real_server_with_the_example_config(tmp_path: Path
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            wait_for(lambda: _port_open(port) and _http(port, "GET", "/-/ready").status == 200,
+            wait_for(lambda: port_open(port) and _http(port, "GET", "/-/ready").status == 200,
                      30, "Prometheus to be ready")  # fmt: skip
 
             def scraped() -> list[dict[str, Any]] | None:

@@ -43,6 +43,7 @@ from bench.common import descendants, free_port, wait_for
 from spoolkit.config import Config, load_config
 from spoolkit.states import FINISHED
 
+from .nginx import check_config, nginx_command, running
 from .pg import FAST, PORT, PostgresCluster
 from .support import REPO, UWSGI, Response, UwsgiServer
 from .test_deploy import tool
@@ -213,24 +214,7 @@ def _site(upstreams: Sequence[str], port: int, edits: Sequence[tuple[str, str]] 
 
 
 def _nginx_command(base: Path, site: str) -> list[str]:
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "site.conf").write_text(site)
-    user = "user root;" if os.geteuid() == 0 else ""
-    temp_paths = " ".join(
-        f"{kind}_temp_path {base}/{kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (base / "nginx.conf").write_text(
-        f"{user}\ndaemon off;\nworker_processes 2;\npid {base}/nginx.pid;\n"
-        f"error_log {base}/error.log;\nevents {{ worker_connections 64; }}\n"
-        f"http {{ access_log {base}/access.log; {temp_paths}\n include {base}/site.conf; }}\n"
-    )
-    return [tool("nginx"), "-p", str(base), "-c", str(base / "nginx.conf")]
-
-
-def _nginx_test(command: list[str]) -> None:
-    check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
-    assert check.returncode == 0, check.stderr
+    return nginx_command(tool("nginx"), base, site, workers=2)
 
 
 @contextlib.contextmanager
@@ -238,29 +222,15 @@ def _nginx(base: Path, site: str) -> Iterator[int]:
     """A real nginx with ``site``; yields its port. Stopped by pid."""
     port = int(re.findall(r"listen 127\.0\.0\.1:(\d+);", site)[0])
     command = _nginx_command(base, site)
-    _nginx_test(command)
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _port_open(port), 15, "nginx to listen")
+    check_config(command)
+    with running(command, port):
         yield port
-    finally:
-        process.send_signal(signal.SIGQUIT)  # nginx: graceful shutdown
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_nginx_accepts_the_upstream_site(tmp_path: Path) -> None:
     port = free_port()
     site = _site([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"], port)
-    _nginx_test(_nginx_command(tmp_path, site))
+    check_config(_nginx_command(tmp_path, site))
     text = SITE.read_text()
     # The limits are the single-host site's.
     single = (DEPLOY / "nginx" / "spoolkit.conf").read_text()
