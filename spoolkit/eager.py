@@ -15,7 +15,7 @@ from .followups import FollowUps
 from .job import Job
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over
+from .runner import Deferred, Handoff, WorkerRunner, hand_over
 from .runtime import ProcessHost
 from .schedule import Parking
 from .store import Store
@@ -27,7 +27,7 @@ log = logging.getLogger("spoolkit.eager")
 EAGER_DELIVERY = "eager"
 
 
-class EagerRunner:
+class EagerRunner(WorkerRunner):
     name = "eager"
     #: A housekeeper (the uWSGI mule) maintains the store and recovers lost deliveries.
     housekept = False
@@ -50,12 +50,6 @@ class EagerRunner:
 
     def capacity(self) -> dict[str, int]:
         return {}
-
-    def lost(self, job: Job, why: str) -> None:
-        hand_over(self, self.worker.lost(job, why).follow_ups)
-
-    def tasks(self) -> list[str]:
-        return self.worker.registry.names()
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return EAGER_DELIVERY

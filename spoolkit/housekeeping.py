@@ -111,7 +111,8 @@ class Housekeeper:
         if self.config.result_ttl > 0:
             while purged := store.purge(now - self.config.result_ttl):
                 report.purged += purged
-        self.record_spoolers(now)
+        if self.runner.node is None:  # a node's beat has a thread of its own
+            self.record_spoolers(now)
         store.set_meta(HOUSEKEEPER_BEAT, repr(now))
         return report
 

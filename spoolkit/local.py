@@ -25,7 +25,7 @@ from .followups import FollowUps
 from .job import Job
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over
+from .runner import Deferred, Handoff, WorkerRunner, hand_over
 from .runtime import ProcessHost, runner_alive
 from .schedule import Parking
 from .store import Store
@@ -56,7 +56,7 @@ class _Delivery:
     kwargs: dict[str, Any] = field(compare=False)
 
 
-class LocalRunner:
+class LocalRunner(WorkerRunner):
     """A bounded pool of threads in this process."""
 
     name = "local"
@@ -92,12 +92,6 @@ class LocalRunner:
 
     def capacity(self) -> dict[str, int]:
         return {}
-
-    def lost(self, job: Job, why: str) -> None:
-        hand_over(self, self.worker.lost(job, why).follow_ups)
-
-    def tasks(self) -> list[str]:
-        return self.worker.registry.names()
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return LOCAL_PREFIX + self.host.instance()

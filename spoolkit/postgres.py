@@ -208,6 +208,11 @@ _ROW = f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE id = %s"
 CHANNEL = "spoolkit"
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 _HELD = "state IN ('queued', 'scheduled', 'running')"
+#: The jobs some nodes claimed and no spooler started, back to the pool (no attempt).
+_UNCLAIM = (
+    "UPDATE spoolkit_jobs SET spool_file = NULL, node = NULL, node_epoch = NULL, "
+    "updated_at = %s WHERE node = ANY(%s) AND state IN ('queued', 'scheduled')"
+)
 
 
 #: libpq parameters that hold a secret, masked in the address's query string too.
@@ -478,11 +483,7 @@ class PostgresStore(SQLStore):  # implements store.Store
                 (node, host),
             ).fetchone()
             assert row is not None
-            back = conn.execute(
-                "UPDATE spoolkit_jobs SET spool_file = NULL, node = NULL, node_epoch = NULL, "
-                "updated_at = %s WHERE node = %s AND state IN ('queued', 'scheduled')",
-                (now, node),
-            ).rowcount
+            back = conn.execute(_UNCLAIM, (now, [node])).rowcount
             cut = [row_to_job(found) for found in conn.execute(
                 f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE node = %s AND state = 'running' "
                 "AND runner IS DISTINCT FROM %s FOR UPDATE", (node, instance),
@@ -572,11 +573,7 @@ class PostgresStore(SQLStore):  # implements store.Store
                 return []
             conn.execute("UPDATE spoolkit_nodes SET epoch = epoch + 1 WHERE id = ANY(%s)",
                          (stale,))  # fmt: skip
-            back = conn.execute(
-                "UPDATE spoolkit_jobs SET spool_file = NULL, node = NULL, node_epoch = NULL, "
-                "updated_at = %s WHERE node = ANY(%s) AND state IN ('queued', 'scheduled')",
-                (now, stale),
-            ).rowcount
+            back = conn.execute(_UNCLAIM, (now, stale)).rowcount
             running = [row_to_job(row) for row in conn.execute(
                 f"SELECT {COLUMNS} FROM spoolkit_jobs WHERE node = ANY(%s) AND state = 'running'",
                 (stale,)).fetchall()]  # fmt: skip

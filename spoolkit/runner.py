@@ -21,7 +21,7 @@ from .job import Job
 from .queues import DEFAULT_QUEUE
 from .schedule import Parking
 from .store import NewJob
-from .worker import Host
+from .worker import Host, Worker
 
 
 class Handoff(Protocol):
@@ -80,13 +80,33 @@ def stage_each(runner: Runner, jobs: Sequence[NewJob]) -> Handoffs:
 
 
 def delivery_of(
-    runner: Runner, job_id: str, priority: int | None, run_at: float | None, now: float
+    runner: Runner,
+    job_id: str,
+    priority: int | None,
+    run_at: float | None,
+    now: float,
+    *,
+    batch: bool = False,
 ) -> str | None:
-    """The delivery a new job due at ``run_at`` gets from ``runner``: ``None`` when the
-    runner parks it (it waits in the store until the housekeeper spools or claims it)."""
-    if runner.parking.parks(run_at, now):
+    """The delivery a new job due at ``run_at`` (of a batch, with ``batch``) gets from
+    ``runner``: ``None`` when the runner parks it (it waits in the store until the
+    housekeeper spools or claims it)."""
+    if runner.parking.parks(run_at, now, batch=batch):
         return None
     return runner.delivery_for(job_id, priority, now)
+
+
+class WorkerRunner:
+    """What every runner with a ``Worker`` answers the same way: a lost attempt is
+    recorded by its worker, and it can run the tasks of its worker's registry."""
+
+    worker: Worker
+
+    def lost(self, job: Job, why: str) -> None:
+        hand_over(self, self.worker.lost(job, why).follow_ups)  # type: ignore[arg-type]
+
+    def tasks(self) -> list[str]:
+        return self.worker.registry.names()
 
 
 def hand_over(runner: Runner, jobs: Sequence[NewJob]) -> None:

@@ -142,7 +142,8 @@ class Parking:
     #: tick, off the request, so a batch is recorded at the store's speed.
     batches: bool = False
 
-    def parks(self, run_at: float | None, now: float) -> bool:
-        if self.everything:
+    def parks(self, run_at: float | None, now: float, *, batch: bool = False) -> bool:
+        """Does a job due at ``run_at`` (of a batch, with ``batch``) wait in the store?"""
+        if self.everything or (batch and self.batches):
             return True
         return self.ahead is not None and run_at is not None and run_at > now + self.ahead

@@ -204,7 +204,7 @@ class JobService:
         in_batch: bool = False,
     ) -> NewJob:
         """The job a call with these options makes, every option checked, its delivery
-        named (``None``: parked; a batch's job is parked where the runner parks batches).
+        named (``None``: parked).
         Raises before anything is staged or stored."""
         success = self._callback_task(on_success, call.on_success, "on_success")
         failure = self._callback_task(on_failure, call.on_failure, "on_failure")
@@ -229,8 +229,8 @@ class JobService:
             priority=checked_priority,
             created_at=now,
             run_at=run_at,
-            spool_file=None if in_batch and self.runner.parking.batches
-            else delivery_of(self.runner, job_id, checked_priority, run_at, now),
+            spool_file=delivery_of(self.runner, job_id, checked_priority, run_at, now,
+                                   batch=in_batch),
             origin=call.origin,
             on_success=success,
             on_failure=failure,

@@ -28,7 +28,7 @@ from .job import Job
 from .local import is_local_delivery, local_delivery_alive
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, delivery_of, hand_over
+from .runner import Deferred, Handoff, WorkerRunner, delivery_of, hand_over
 from .schedule import Parking, spool_mtime
 from .spoolfile import SpoolDirectory, is_own_file, spool_file_name
 from .store import SharedStore, Store
@@ -64,7 +64,7 @@ class _StagedFile:
                         "for it and quarantine it", self.relative)  # fmt: skip
 
 
-class SpoolerRunner:
+class SpoolerRunner(WorkerRunner):
     name = "spooler"
     #: A housekeeper (the uWSGI mule) maintains the store and recovers lost deliveries.
     housekept = True
@@ -198,12 +198,6 @@ class SpoolerRunner:
             return {}
         _, report = self.health()
         return {queue: entry["spoolers_alive"] for queue, entry in report["queues"].items()}
-
-    def lost(self, job: Job, why: str) -> None:
-        hand_over(self, self.worker.lost(job, why).follow_ups)
-
-    def tasks(self) -> list[str]:
-        return self.worker.registry.names()
 
     def release(self, job: Job) -> None:
         """Make a cancelled job's file due now, so a spooler drops it at its next scan."""

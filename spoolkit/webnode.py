@@ -22,14 +22,14 @@ from .followups import FollowUps
 from .job import Job
 from .queues import DEFAULT_QUEUE
 from .registry import TaskRegistry
-from .runner import Deferred, Handoff, hand_over
+from .runner import Deferred, Handoff, WorkerRunner
 from .schedule import Parking
 from .spoolfile import spool_file_name
 from .store import Store
 from .worker import Worker
 
 
-class WebNodeRunner:
+class WebNodeRunner(WorkerRunner):
     name = "web"
     #: Its mule, if it has one, keeps the node's beat, fires periodic jobs and purges.
     housekept = True
@@ -52,12 +52,6 @@ class WebNodeRunner:
 
     def capacity(self) -> dict[str, int]:
         return {}  # no spoolers: it claims nothing
-
-    def lost(self, job: Job, why: str) -> None:
-        hand_over(self, self.worker.lost(job, why).follow_ups)
-
-    def tasks(self) -> list[str]:
-        return self.worker.registry.names()
 
     def delivery_for(self, job_id: str, priority: int | None, now: float) -> str:
         return spool_file_name(job_id, now)  # never used: nothing is delivered here
