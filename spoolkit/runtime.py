@@ -163,6 +163,23 @@ class SpoolerWaker:
         self.directories = tuple(os.path.realpath(other) for other in directories)
         self.path = os.path.join(directory, SPOOLERS_FILE)
         self._published: tuple[int, list[int]] = (-1, [])
+        #: Which directory each of this instance's spoolers serves, once seen in one:
+        #: a spooler serves one directory for its life, so /proc is read per new pid,
+        #: not per wake-up. Forgotten whenever the set of pids changes (a respawn).
+        self._serving: dict[int, str] = {}
+
+    def local(self) -> list[int]:
+        """This instance's spoolers that may serve the directory (``spoolers_of``)."""
+        pids = spooler_pids()
+        if len(pids) != len(self._serving) or not self._serving.keys() >= set(pids):
+            known = {self.directory, *self.directories}
+            seen = {pid: spool_directory_of(spooler_cwd(pid), known) for pid in pids}
+            if all(seen.values()):
+                self._serving = {pid: place for pid, place in seen.items() if place}
+            else:  # one not yet in its directory: ask /proc again next time
+                self._serving = {}
+            return [pid for pid, place in seen.items() if place in (None, self.directory)]
+        return [pid for pid in pids if self._serving[pid] == self.directory]
 
     def published(self) -> list[int]:
         try:
@@ -183,7 +200,7 @@ class SpoolerWaker:
         return self._published[1]
 
     def __call__(self) -> None:
-        for pid in {*spoolers_of(self.directory, self.directories), *self.published()}:
+        for pid in {*self.local(), *self.published()}:
             # A pid that is gone is being respawned: the new spooler scans at start.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGUSR1)
