@@ -32,6 +32,12 @@ class FollowUps:
         self.config = config
         self.name_delivery = name_delivery
 
+    @staticmethod
+    def possible(job: Job) -> bool:
+        """Can an outcome of ``job`` queue anything? When not (most jobs), the outcome
+        is recorded without a collector: no second read of the row, no rendering."""
+        return bool(job.on_success or job.on_failure or job.callback_url)
+
     def collect(self) -> Collector:
         """A fresh collector for one outcome (the store may call it again on a retry of
         its transaction; what it made last is what was recorded)."""
@@ -51,6 +57,9 @@ class Collector:
             wanted.append((job.on_failure, False))
         if job.callback_url and job.state.is_finished:
             wanted.append((WEBHOOK_TASK, True))
+        if not wanted:
+            self.made = []
+            return []
         ids = [new_job_id() for _ in wanted]
         # The finished job as GET /jobs/<id> shows it, these jobs listed as its callbacks.
         shown = replace(job, callbacks=(*job.callbacks, *ids)).to_dict()

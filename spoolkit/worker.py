@@ -289,7 +289,8 @@ class Worker:
             retry_at = now + delay
         pid = os.getpid() if runner_pid is None else runner_pid
         park = self.parking.parks(retry_at, now)
-        collect = self.follow_ups.collect() if self.follow_ups else None
+        follow_ups = self.follow_ups
+        collect = follow_ups.collect() if follow_ups and follow_ups.possible(job) else None
         recorded = self.store.finish(
             job.id, pid, now, result=result, error=error, retry_at=retry_at, park=park,
             outcome=_outcome(error, retry_at), follow_up=collect, node=job.node,
