@@ -310,7 +310,7 @@ class SQLiteStore(SQLStore):  # implements store.Store
                 )
                 if busy and time.monotonic() < deadline:
                     time.sleep(pause)
-                    pause = min(pause * 2, 0.005)
+                    pause = min(pause * 2, 0.001)
                     continue
                 if not patient:
                     raise unavailable(f"job store {self.name}", exc) from exc
