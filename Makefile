@@ -67,7 +67,8 @@ bench: bench/.venv/.installed system-deps
 bench-quick: bench/.venv/.installed system-deps
 	$(BENCH)/python -m bench.run --quick
 
-# Where the kit's time goes per job (py-spy, strace -c; about a minute): bench/PROFILE.md.
+# Where the kit's time goes per job (py-spy, strace -c; about 10 minutes, most of it the
+# spoolers alone on a 100,000-job backlog): bench/PROFILE.md.
 bench-profile: bench/.venv/.installed system-deps
 	$(BENCH)/python -m bench.profile
 

@@ -187,3 +187,33 @@ def fs_of(path: Path) -> str:
             return "ext4 (no journal)"
         return "ext4 (journal)"
     return kind
+
+
+#: What the fsync probe appends per commit: one 4 KiB page, as a WAL frame is about.
+PROBE_BLOCK = 4096
+
+
+def fsync_probe(directory: Path, seconds: float = 3.0) -> dict[str, Any]:
+    """The disk's own durable-write rate: write one page to a file and ``fdatasync`` it,
+    again and again for ``seconds``, nothing else. One such flush per accepted job is
+    the floor of a durable ``202`` (SQLite's WAL commit with ``synchronous=FULL`` is
+    one), so the kit's single-producer enqueue on this disk is compared with this."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "fsync-probe"
+    block = os.urandom(PROBE_BLOCK)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        count, offset = 0, 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            os.pwrite(fd, block, offset)
+            os.fdatasync(fd)
+            # Round a 1 MiB file, as a WAL is reused after a checkpoint: after the first
+            # lap no write grows the file, so no flush carries a size change.
+            offset = (offset + PROBE_BLOCK) % (256 * PROBE_BLOCK)
+            count += 1
+        elapsed = time.monotonic() - t0
+    finally:
+        os.close(fd)
+        path.unlink()
+    return {"per_s": count / elapsed, "filesystem": fs_of(directory), "block": PROBE_BLOCK}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import logging
 import re
 import shutil
@@ -21,8 +22,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from bench.common import fs_of, wait_for
+from bench.common import cpu_seconds, fs_of, signal_pids, wait_for, wait_records
 from bench.measure import Measure
 from bench.uwsgi_bench import KIT, UwsgiDriver
 
@@ -63,10 +65,12 @@ def read_stacks(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
 
 
 #: The leaf of a sample that sleeps in the store's back-off, waiting for SQLite's write lock.
-LOCK_WAIT = ("SQLiteStore._locked", "spoolkit/store.py")
+LOCK_WAIT = ("SQLiteStore._locked", "spoolkit/sqlite.py")
 
 
-def summarize(stacks: list[tuple[list[tuple[str, str]], int]], top: int) -> list[str]:
+def summarize(
+    stacks: list[tuple[list[tuple[str, str]], int]], top: int, paused: bool = True
+) -> list[str]:
     """Tables of where the working samples are; lock-wait samples are counted apart."""
     everything = sum(count for _, count in stacks) or 1
     waiting = sum(count for frames, count in stacks if frames[-1] == LOCK_WAIT)
@@ -80,10 +84,11 @@ def summarize(stacks: list[tuple[list[tuple[str, str]], int]], top: int) -> list
         function, file = frames[-1]
         by_leaf[f"`{function}` ({file})"] += count
     share = 100 * waiting / everything
+    why = ("py-spy pauses the process it samples, the lock holder too, which inflates this "
+           "share" if paused else "py-spy --nonblocking: no process paused, the waits are real")
     lines = [f"{everything:,} samples with Python frames; {share:.0f} % of them "
-             "sleep in the store's back-off, waiting for SQLite's write lock (py-spy pauses the "
-             "process it samples, the lock holder too, which inflates this share). The tables are "
-             f"the other {total:,} samples.", "",
+             f"sleep in the store's back-off, waiting for SQLite's write lock ({why}). The "
+             f"tables are the other {total:,} samples.", "",
              "| module (inclusive: samples with a frame in it) | % |", "|---|---|"]  # fmt: skip
     lines += [f"| {file} | {100 * n / total:.1f} |" for file, n in by_file.most_common(top)]
     lines += ["", "| leaf function (self time) | % |", "|---|---|"]
@@ -109,10 +114,107 @@ def strace_table(path: Path, top: int, jobs: int) -> list[str]:
     return lines
 
 
+def syscalls_per_job(path: Path, names: tuple[str, ...]) -> dict[str, float]:
+    """strace -c counts of ``names`` per job this one spooler ran (its ``unlink`` calls:
+    uWSGI removes each spool file it has run, and nothing else in it unlinks)."""
+    calls = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and re.match(r"^\d+\.\d+$", parts[0]) and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    jobs = calls.get("unlink", 0) or 1
+    return {"jobs": jobs, **{name: calls.get(name, 0) / jobs for name in names}}
+
+
+#: The system calls the backlog profile counts per job: SQLite's page reads and writes,
+#: its file locks, and the back-off sleeps between tries for its write lock.
+COUNTED = ("pread64", "pwrite64", "fcntl", "clock_nanosleep")
+
+
+def backlog_profile(base: Path, spoolers: int, n: int, raw_dir: Path) -> dict[str, Any]:
+    """The spoolers alone: ``n`` jobs queued while they are stopped, then drained, once
+    under py-spy (every spooler, ``--nonblocking``: nothing is paused, so waits are
+    real) and once under ``strace -c`` (one spooler). CPU per job is counted without
+    either profiler, on a third backlog."""
+    driver = UwsgiDriver(dataclasses.replace(KIT, spoolers=spoolers), base)
+    driver.start()
+    try:
+        measure = Measure(driver)
+        measure.drain(200)  # warm-up
+        consumers = driver.consumer_pids()
+
+        def drained(attach: list[list[str]]) -> tuple[float, float, list[subprocess.Popen[bytes]]]:
+            first = measure.ids(n)
+            signal_pids(consumers, signal.SIGSTOP)
+            try:
+                driver.enqueue_many(first, n)
+                quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+                tools = [subprocess.Popen(command, **quiet) for command in attach]
+                time.sleep(1.0 if tools else 0)  # the profilers attach
+                cpu_before, released = cpu_seconds(consumers), time.time()
+            finally:
+                signal_pids(consumers, signal.SIGCONT)
+            starts = wait_records(driver.record, first, n, 1800)
+            for started in tools:
+                started.send_signal(signal.SIGINT)
+            for started in tools:
+                started.wait(timeout=120)
+            cpu = (cpu_seconds(consumers) - cpu_before) * 1000 / n
+            return n / (max(starts.values()) - released), cpu, tools
+
+        drain, cpu, _ = drained([])
+        spies = [raw_dir / f"backlog-{spoolers}x{n}-{pid}.txt" for pid in consumers]
+        spy = [tool("py-spy"), "record", "-r", "200", "-f", "raw", "--nonblocking"]
+        drained([[*spy, "-o", str(out), "-p", str(pid)]
+                 for out, pid in zip(spies, consumers, strict=True)])  # fmt: skip
+        trace = raw_dir / f"backlog-{spoolers}x{n}-strace.txt"
+        drained([[tool("strace"), "-c", "-o", str(trace), "-p", str(consumers[0])]])
+    finally:
+        driver.stop()
+    stacks = [stack for out in spies for stack in read_stacks(out)]
+    everything = sum(count for _, count in stacks) or 1
+    waiting = sum(count for frames, count in stacks if frames[-1] == LOCK_WAIT)
+    return {"spoolers": spoolers, "n": n, "drain_per_s": drain, "cpu_ms": cpu,
+            "lock_wait_share": waiting / everything, "stacks": stacks,
+            "syscalls": syscalls_per_job(trace, COUNTED)}  # fmt: skip
+
+
+def backlog_lines(runs: list[dict[str, Any]], where: str) -> list[str]:
+    lines = [
+        "## The spoolers alone: one against two, 5,000 against 100,000",
+        "",
+        f"A backlog queued while the spoolers are stopped, then drained by them alone (no "
+        f"producer writing meanwhile), on {where}. CPU per job is from a run without profilers; "
+        "lock wait is the share of the spoolers' py-spy samples (`--nonblocking`, so not "
+        "inflated) that sleep in the store's back-off; system calls per job are one "
+        "spooler's (`strace -c`), divided by the jobs that spooler ran (strace slows the "
+        "spooler it traces, so beside a second one it runs fewer of the jobs, and its failed "
+        "tries for the lock weigh more per job).",
+        "",
+        "| spoolers | backlog | drain jobs/s | spooler CPU ms/job | lock wait | traced "
+        "spooler's jobs | " + " | ".join(f"{name}/job" for name in COUNTED) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(COUNTED),
+    ]
+    for run in runs:
+        calls = " | ".join(f"{run['syscalls'][name]:.1f}" for name in COUNTED)
+        wait = 100 * run["lock_wait_share"]
+        lines.append(f"| {run['spoolers']} | {run['n']:,} | {run['drain_per_s']:,.0f} | "
+                     f"{run['cpu_ms']:.3f} | {wait:.0f} % | {run['syscalls']['jobs']:,} | "
+                     f"{calls} |")  # fmt: skip
+    for run in runs:
+        lines += ["", f"### {run['spoolers']} spooler(s), {run['n']:,} jobs: where the working "
+                  "samples are", "", *summarize(run["stacks"], 10, paused=False)]  # fmt: skip
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=6000, help="jobs per profiled drain")
     parser.add_argument("--disk", default="/tmp/spoolkit-bench", help="base directory")
+    parser.add_argument(
+        "--large", type=int, default=100_000,
+        help="the large backlog of the spoolers-alone section (0: skip it)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     raw_dir = HERE / "profile-raw"
@@ -180,7 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     for role, out, _ in traces:
         lines += [f"## {role}: system calls (strace -c -w, {args.n // 3:,} jobs)", "",
                   *strace_table(out, 12, args.n // 3), ""]  # fmt: skip
-    (HERE / "PROFILE.md").write_text("\n".join(lines))
+    plans = [(2, 5000), (1, 5000)] + ([(2, args.large)] if args.large else [])
+    runs = []
+    for spoolers, n in plans:
+        log.info("backlog: %d spooler(s), %d jobs", spoolers, n)
+        runs.append(backlog_profile(Path(args.disk) / "profile-backlog", spoolers, n, raw_dir))
+        log.info("  %s", {k: v for k, v in runs[-1].items() if k != "stacks"})
+    lines += backlog_lines(runs, fs_of(Path(args.disk)))
+    (HERE / "PROFILE.md").write_text("\n".join(lines) + "\n")
     log.info("wrote %s", HERE / "PROFILE.md")
     return 0
 

@@ -56,6 +56,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("idle pickup p50 below every peer", f"kit {kit['pickup']['p50_ms']:.2f} ms vs best peer "
                      f"{fastest[0].split('@')[0]} {fastest[1]['pickup']['p50_ms']:.2f} ms",
                      verdict(kit["pickup"]["p50_ms"] < fastest[1]["pickup"]["p50_ms"])))  # fmt: skip
+    rows += performance_ii(results, peers)
     kit_ext, raw_ext = ext.get("kit@disk"), ext.get("raw@disk")
     if kit_ext:
         tail = max(kit_ext["burst_tails_s"])
@@ -93,6 +94,39 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def performance_ii(
+    results: dict[str, Any], peers: dict[str, dict[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """The CPU, tmpfs-drain and fsync-floor targets of "Performance II" (issue 16)."""
+    core, rows = results["core"], []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    kit, raw = core.get("kit@tmpfs"), core.get("raw@tmpfs")
+    if kit and raw:
+        ours, theirs = (d["cpu_ms_consumers"] + d["cpu_ms_producer"] for d in (kit, raw))
+        rows.append(("CPU per job, spoolers + producer, <= 3x raw (tmpfs)",
+                     f"{ours / theirs:.1f}x ({ours:.3f} vs {theirs:.3f} ms)",
+                     verdict(ours <= 3 * theirs)))  # fmt: skip
+        ratio = kit["drain_per_s"] / raw["drain_per_s"]
+        rows.append(("drain >= 0.35x raw (tmpfs)", f"{ratio:.2f}x ({_n(kit['drain_per_s'])} vs "
+                     f"{_n(raw['drain_per_s'])}/s)", verdict(ratio >= 0.35)))  # fmt: skip
+        if peers:
+            name, best = max(peers.items(), key=lambda item: item[1]["drain_per_s"])
+            rows.append(("drain on tmpfs ahead of every peer",
+                         f"kit {_n(kit['drain_per_s'])}/s vs best peer {name.split('@')[0]} "
+                         f"{_n(best['drain_per_s'])}/s",
+                         verdict(kit["drain_per_s"] > best["drain_per_s"])))  # fmt: skip
+    probe, on_disk = results.get("fsync_probe", {}).get("before"), core.get("kit@disk")
+    if probe and on_disk:
+        ratio = on_disk["enqueue_per_s"] / probe["per_s"]
+        rows.append(("enqueue on disk (SYNC=full) >= 0.8x the disk's fdatasync rate",
+                     f"{ratio:.2f}x ({_n(on_disk['enqueue_per_s'])} jobs/s vs "
+                     f"{_n(probe['per_s'])} write+fdatasync/s)", verdict(ratio >= 0.8)))  # fmt: skip
+    return rows
+
+
 def _cpu(data: dict[str, Any]) -> str:
     text = f"{data['cpu_ms_consumers']:.3f} + {data['cpu_ms_producer']:.3f}"
     if data.get("cpu_ms_other") is not None:
@@ -112,6 +146,17 @@ def _kit_cpu(data: dict[str, Any]) -> float:
 
 def _total_cpu(data: dict[str, Any]) -> float:
     return _kit_cpu(data) + float(data.get("cpu_ms_server") or 0)
+
+
+def _fsync_probe(results: dict[str, Any]) -> list[str]:
+    probe = results.get("fsync_probe")
+    if not probe:
+        return []
+    figures = " and ".join(f"{_n(probe[when]['per_s'])}/s {when} the systems ran"
+                           for when in ("before", "after") if when in probe)  # fmt: skip
+    first = next(iter(probe.values()))
+    return [f"The disk's own flush rate (bench/common.py `fsync_probe`: a {first['block']}-byte "
+            f"write and `fdatasync`, nothing else, on {first['filesystem']}): {figures}.", ""]
 
 
 def _postgres_setup(results: dict[str, Any]) -> list[str]:
@@ -341,6 +386,7 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
         *_postgres_setup(results),
+        *_fsync_probe(results),
         "Every system: 2 consumer processes with concurrency 1, a no-op task whose first statement "
         "writes 16 bytes (job number, start time) to a record file, one producer (for uWSGI systems "
         "a loop in the single web worker, else a loop in the bench process). Method: bench/README.md.",

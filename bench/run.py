@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.broker_bench import PEERS, BrokerDriver, RedisServer
-from bench.common import fs_of, wait_for
+from bench.common import fs_of, fsync_probe, wait_for
 from bench.measure import Driver, Measure, core
 from bench.pgserver import DURABLE, PostgresCluster
 from bench.render import render
@@ -356,8 +356,14 @@ def main(argv: list[str] | None = None) -> int:
                 driver = UwsgiDriver(system, base, postgres=postgres)
                 drivers.append((f"{system.key}@{place}", driver))
         drivers += [(f"{peer.key}@disk", peer) for peer in peers]
+        # The disk's own fsync rate, just before the kit is measured on it and again at
+        # the end (file churn changes this disk as the run goes).
+        results["fsync_probe"] = {"before": fsync_probe(disk / "probe")}
+        log.info("fsync probe: %s", results["fsync_probe"])
         measure_all(drivers, plan, results)
         results["web_load"] = web_load(plan, disk, only)
+        results["fsync_probe"]["after"] = fsync_probe(disk / "probe")
+        log.info("fsync probe: %s", results["fsync_probe"])
     finally:
         try:
             if redis is not None:
