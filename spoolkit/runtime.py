@@ -107,16 +107,22 @@ def spool_directory_of(cwd: str | None, directories: Collection[str]) -> str | N
     return parent if os.path.basename(cwd).isdigit() and parent in directories else None
 
 
+def spooler_places(pids: Collection[int], known: Collection[str]) -> dict[int, str | None]:
+    """The one of ``known`` directories each spooler is seen serving (``None``: none of
+    them, as a spooler just forked or moved by a task is)."""
+    return {pid: spool_directory_of(spooler_cwd(pid), known) for pid in pids}
+
+
+def serving(places: dict[int, str | None], directory: str) -> list[int]:
+    """The spoolers of ``places`` that may serve ``directory``: all but those seen
+    serving another one; one seen in none counts for every directory."""
+    return [pid for pid, place in places.items() if place in (None, directory)]
+
+
 def spoolers_of(directory: str, directories: Collection[str] = ()) -> list[int]:
-    """This instance's spoolers that may serve ``directory``: all but those seen serving
-    another of ``directories`` (the other queues'); one whose working directory is
-    none of them (just forked, or moved by a task) counts for every directory."""
-    known = {directory, *directories}
-    return [
-        pid
-        for pid in spooler_pids()
-        if spool_directory_of(spooler_cwd(pid), known) in (None, directory)
-    ]
+    """This instance's spoolers that may serve ``directory``, the other queues' being
+    ``directories`` (``serving``)."""
+    return serving(spooler_places(spooler_pids(), {directory, *directories}), directory)
 
 
 def publish_spoolers(directory: str, directories: Collection[str] = ()) -> None:
@@ -163,23 +169,17 @@ class SpoolerWaker:
         self.directories = tuple(os.path.realpath(other) for other in directories)
         self.path = os.path.join(directory, SPOOLERS_FILE)
         self._published: tuple[int, list[int]] = (-1, [])
-        #: Which directory each of this instance's spoolers serves, once seen in one:
-        #: a spooler serves one directory for its life, so /proc is read per new pid,
-        #: not per wake-up. Forgotten whenever the set of pids changes (a respawn).
-        self._serving: dict[int, str] = {}
+        #: ``spooler_places`` of this instance's spoolers, kept: a spooler serves one
+        #: directory for its life, so /proc is read again only when the set of pids
+        #: changes (a respawn) or one was seen in no queue's directory yet.
+        self._places: dict[int, str | None] = {}
 
     def local(self) -> list[int]:
         """This instance's spoolers that may serve the directory (``spoolers_of``)."""
         pids = spooler_pids()
-        if len(pids) != len(self._serving) or not self._serving.keys() >= set(pids):
-            known = {self.directory, *self.directories}
-            seen = {pid: spool_directory_of(spooler_cwd(pid), known) for pid in pids}
-            if all(seen.values()):
-                self._serving = {pid: place for pid, place in seen.items() if place}
-            else:  # one not yet in its directory: ask /proc again next time
-                self._serving = {}
-            return [pid for pid, place in seen.items() if place in (None, self.directory)]
-        return [pid for pid in pids if self._serving[pid] == self.directory]
+        if set(pids) != self._places.keys() or None in self._places.values():
+            self._places = spooler_places(pids, {self.directory, *self.directories})
+        return serving(self._places, self.directory)
 
     def published(self) -> list[int]:
         try:
