@@ -68,12 +68,17 @@ def read_stacks(path: Path) -> list[tuple[list[tuple[str, str]], int]]:
 LOCK_WAIT = ("SQLiteStore._locked", "spoolkit/sqlite.py")
 
 
+def lock_wait(stacks: list[tuple[list[tuple[str, str]], int]]) -> tuple[int, int]:
+    """(all samples, those sleeping in the store's back-off); all is at least 1."""
+    everything = sum(count for _, count in stacks) or 1
+    return everything, sum(count for frames, count in stacks if frames[-1] == LOCK_WAIT)
+
+
 def summarize(
     stacks: list[tuple[list[tuple[str, str]], int]], top: int, paused: bool = True
 ) -> list[str]:
     """Tables of where the working samples are; lock-wait samples are counted apart."""
-    everything = sum(count for _, count in stacks) or 1
-    waiting = sum(count for frames, count in stacks if frames[-1] == LOCK_WAIT)
+    everything, waiting = lock_wait(stacks)
     stacks = [(frames, count) for frames, count in stacks if frames[-1] != LOCK_WAIT]
     total = sum(count for _, count in stacks) or 1
     by_file: collections.Counter[str] = collections.Counter()
@@ -96,15 +101,20 @@ def summarize(
     return lines
 
 
-def strace_table(path: Path, top: int, jobs: int) -> list[str]:
-    """strace -c -w: wall-clock time in each system call (sleeps and disk waits included)."""
+def strace_rows(path: Path) -> list[tuple[float, int, str]]:
+    """``strace -c``'s summary as (seconds, calls, syscall), most seconds first."""
     rows = []
     for line in path.read_text().splitlines():
         # % time, seconds, usecs/call, calls, [errors], syscall
         parts = line.split()
         if len(parts) >= 5 and re.match(r"^\d+\.\d+$", parts[0]) and parts[-1] != "total":
             rows.append((float(parts[1]), int(parts[3]), parts[-1]))
-    rows.sort(reverse=True)
+    return sorted(rows, reverse=True)
+
+
+def strace_table(path: Path, top: int, jobs: int) -> list[str]:
+    """strace -c -w: wall-clock time in each system call (sleeps and disk waits included)."""
+    rows = strace_rows(path)
     lines = ["| syscall | seconds (wall) | calls | calls per job | us per call |"]
     lines.append("|---|---|---|---|---|")
     lines += [
@@ -117,11 +127,7 @@ def strace_table(path: Path, top: int, jobs: int) -> list[str]:
 def syscalls_per_job(path: Path, names: tuple[str, ...]) -> dict[str, float]:
     """strace -c counts of ``names`` per job this one spooler ran (its ``unlink`` calls:
     uWSGI removes each spool file it has run, and nothing else in it unlinks)."""
-    calls = {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and re.match(r"^\d+\.\d+$", parts[0]) and parts[-1] != "total":
-            calls[parts[-1]] = int(parts[3])
+    calls = {name: count for _, count, name in strace_rows(path)}
     jobs = calls.get("unlink", 0) or 1
     return {"jobs": jobs, **{name: calls.get(name, 0) / jobs for name in names}}
 
@@ -172,8 +178,7 @@ def backlog_profile(base: Path, spoolers: int, n: int, raw_dir: Path) -> dict[st
     finally:
         driver.stop()
     stacks = [stack for out in spies for stack in read_stacks(out)]
-    everything = sum(count for _, count in stacks) or 1
-    waiting = sum(count for frames, count in stacks if frames[-1] == LOCK_WAIT)
+    everything, waiting = lock_wait(stacks)
     return {"spoolers": spoolers, "n": n, "drain_per_s": drain, "cpu_ms": cpu,
             "lock_wait_share": waiting / everything, "stacks": stacks,
             "syscalls": syscalls_per_job(trace, COUNTED)}  # fmt: skip

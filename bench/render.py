@@ -25,13 +25,15 @@ def _row(core: dict[str, Any], key: str) -> dict[str, Any] | None:
     return core.get(key)
 
 
+def verdict(ok: bool | None) -> str:
+    """A target's cell: met, missed, or n/a when this run could not tell."""
+    return "n/a" if ok is None else ("met" if ok else "**missed**")
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for the issue's targets, from this run alone."""
     core, ext = results["core"], results["extended"]
     rows: list[tuple[str, str, str]] = []
-
-    def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("met" if ok else "**missed**")
 
     for place in ("disk", "tmpfs"):
         kit, raw = _row(core, f"kit@{place}"), _row(core, f"raw@{place}")
@@ -99,9 +101,6 @@ def performance_ii(
 ) -> list[tuple[str, str, str]]:
     """The CPU, tmpfs-drain and fsync-floor targets of "Performance II" (issue 16)."""
     core, rows = results["core"], []
-
-    def verdict(ok: bool | None) -> str:
-        return "n/a" if ok is None else ("met" if ok else "**missed**")
 
     kit, raw = core.get("kit@tmpfs"), core.get("raw@tmpfs")
     if kit and raw:
